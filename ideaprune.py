@@ -1,0 +1,1105 @@
+"""
+ideaprune.py: IDEA Prune (Li et al., arXiv 2503.05920) in one readable file.
+
+Train an ENLARGED decoder LM (wider FFN), and inside the same run, under ONE cosine learning-rate schedule and
+ONE AdamW, iteratively prune its FFN width down to the target size: neurons are ranked by an EMA of their
+sensitivity |W * dW|, removed on a cubic schedule, then physically sliced out of the weights and the AdamW
+state, and the now target-size model finishes training ("recovery"). The point of the paper: this beats
+training the target model from scratch on the same tokens, and beats enlarge-and-prune pipelines whose stages
+each restart their LR (the LR rises again after pruning and the model forgets).
+
+Run manual
+  python ideaprune.py --preset cpu                     # 2-core CPU, ~5 min: Shakespeare bytes, ~1.9M -> ~0.9M
+  python ideaprune.py --preset cpu --pipeline scratch  # the same tokens and schedule, target size from step 0
+  python ideaprune.py --preset cpu --compare           # scratch, integrated, minitron, sheared + figures, table
+  python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs re-warmed
+  python ideaprune.py --preset cpu --compare --replot  # figures and table again from the logs, no training
+  python ideaprune.py --preset 300m                    # one GPU: ~588M -> ~308M on OpenWebText (prepare first)
+  python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off
+  python ideaprune.py --preset cpu --bench             # step time: importance tracking off/on, compacted/built
+  python ideaprune.py --help                           # every knob and its default; any knob overrides a preset
+  python -m pytest -q                                  # the tests, on CPU
+
+Sections, in the order a run executes them (the README's tutorial follows the numbers):
+  1 config and presets   2 data   3 model   4 LR schedule   5 importance   6 keep-schedule and masks
+  7 compaction   8 evaluation and sampling   9 checkpoints   10 training loop   11 plots   12 main
+"""
+import argparse
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 1. Config and presets ----
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    # what to run
+    preset: str = "cpu"              # cpu | tiny | 300m: base values; any flag below overrides them
+    pipeline: str = "integrated"     # integrated (IDEA Prune) | scratch | minitron | sheared | resumed | rewarmed
+    pruning: str = ""                # iterative | oneshot | none; empty = what --pipeline implies
+    lr_schedule: str = ""            # unified | restarted | rewarm; empty = what --pipeline implies
+    seed: int = 1337                 # model init and data order; every pipeline sees the same batches
+    # data
+    dataset: str = "shakespeare"     # folder under data/ holding train.bin, val.bin (uint16) and meta.json
+    data_dir: str = ""               # read the data from here instead of data/<dataset>
+    batch_size: int = 32             # sequences per micro-step
+    grad_accum: int = 1              # micro-steps per optimizer step
+    block_size: int = 128            # context length in tokens
+    # model: Llama-style decoder; the enlarged and the target model differ only in FFN width
+    vocab_size: int = 256            # 256 = bytes; 50304 = GPT-2's 50257 padded to a multiple of 64
+    n_layer: int = 4                 # transformer blocks
+    n_head: int = 4                  # attention heads per block
+    n_embd: int = 128                # d_model
+    ffn_hidden: int = 384            # F_t: the target (deployed) FFN width of every layer
+    enlarge: float = 2.6             # e: the enlarged width F_e = e * F_t, rounded up to a multiple of ffn_multiple
+    ffn_multiple: int = 64           # F_e is rounded up to a multiple of this (GPU-friendly shapes)
+    # optimizer and the LR schedule
+    max_steps: int = 800             # T: optimizer steps of the whole run, all phases together
+    lr: float = 3e-3                 # eta_p: peak LR, reached after the warmup
+    min_lr: float = 3e-5             # eta_e: LR at the end of the run (and of every stage when restarted)
+    warmup_steps: int = 40           # linear warmup (of every stage when restarted)
+    weight_decay: float = 0.1        # AdamW, on matrices and embeddings only
+    beta1: float = 0.9               # AdamW beta1
+    beta2: float = 0.95              # AdamW beta2
+    grad_clip: float = 1.0           # clip the global gradient norm to this (0 = off)
+    # pruning
+    prune_start: float = 0.5         # t_p / T: pruning starts at this fraction of the run
+    prune_len: float = 0.2           # T_p / T: length of the cubic pruning window (one-shot pruning ignores it)
+    prune_every: int = 1             # update the masks every this many steps inside the window
+    ema_beta: float = 0.5            # lambda in  I_bar <- lambda * I_bar + (1 - lambda) * I
+    ema_warmup: int = 30             # steps of importance tracking before t_p (lambda^30 ~ 1e-9: enough history)
+    f1: str = "mean"                 # reduce |W * dW| within one matrix, per neuron: mean | max | sum
+    f2: str = "max"                  # combine the up/gate/down scores of a neuron: mean | max | sum
+    ranking: str = "layer"           # layer: every layer ends at F_t | global: one ranking, layer-adaptive widths
+    compact_frac: float = 0.1        # compact once this fraction of a layer's width is masked (1 = only at the end)
+    # evaluation, logging, checkpoints
+    eval_every: int = 100            # steps between validation estimates
+    eval_iters: int = 20             # batches per estimate (the final evaluation reads the whole val split)
+    log_every: int = 20              # steps between printed log lines (log.jsonl gets every step)
+    ckpt_every: int = 200            # steps between checkpoints (one is always written at the end)
+    sample_tokens: int = 300         # length of the sample generated at the end (0 = none)
+    out_dir: str = "out"             # ckpt.pt and log.jsonl (--compare: one sub-folder per pipeline)
+    plot_dir: str = "plots"          # figures
+    # system
+    device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"              # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16
+    compile: bool = False            # torch.compile the model (GPU; recompiles after each compaction)
+
+
+PRESETS = {
+    # the defaults above: the whole integrated run in ~5 minutes on 2 CPU cores
+    "cpu": {},
+    # seconds on a CPU: what the tests run
+    "tiny": dict(batch_size=8, block_size=32, n_layer=2, n_head=2, n_embd=32, ffn_hidden=64, enlarge=2.0,
+                 ffn_multiple=16, max_steps=40, lr=3e-3, warmup_steps=4, ema_warmup=5, eval_every=20,
+                 eval_iters=2, log_every=10, ckpt_every=20, sample_tokens=32),
+    # the paper's 600M -> 300M setting on one GPU: ~0.5M tokens per step (16 x 1024 x 32), 10k steps = 5.2B tokens
+    "300m": dict(dataset="openwebtext", vocab_size=50304, n_layer=20, n_head=16, n_embd=1024, block_size=1024,
+                 ffn_hidden=2816, batch_size=16, grad_accum=32, max_steps=10_000, lr=6e-4, min_lr=6e-5,
+                 warmup_steps=200, eval_every=500, eval_iters=50, log_every=10, ckpt_every=500,
+                 sample_tokens=200),
+}
+
+# A pipeline is a choice of two orthogonal knobs, not a copy of the training loop (see section 4 and 6).
+PIPELINES = {                          # (pruning, lr_schedule)
+    "integrated": ("iterative", "unified"),   # IDEA Prune: one cosine, cubic iterative pruning
+    "scratch": ("none", "unified"),           # the target-size model, same tokens, same schedule
+    "minitron": ("oneshot", "restarted"),     # enlarged stage to its end LR, one-shot prune, fresh warmup + cosine
+    "sheared": ("iterative", "restarted"),    # enlarged, pruning and recovery stages, each with its own schedule
+    "resumed": ("oneshot", "unified"),        # ablation: one-shot prune at t_p, the schedule simply continues
+    "rewarmed": ("oneshot", "rewarm"),        # ablation: the same pruned start, recovery with a fresh warmup + cosine
+}
+COMPARE = ("scratch", "integrated", "minitron", "sheared")
+ABLATION = ("resumed", "rewarmed")
+REDUCE = {"mean": lambda t, dim: t.mean(dim), "max": lambda t, dim: t.amax(dim), "sum": lambda t, dim: t.sum(dim)}
+
+
+class ConfigError(ValueError):
+    """Bad input, caught before any training; the message says which knob and what to do."""
+
+
+def ffn_sizes(cfg):
+    """(F_t, F_e): the target width and the enlarged width, F_e = e * F_t rounded up to a multiple."""
+    m = cfg.ffn_multiple
+    return cfg.ffn_hidden, m * math.ceil(round(cfg.enlarge * cfg.ffn_hidden / m, 6))
+
+
+def phase_steps(cfg):
+    """(t_p, t_end): pruning runs over steps t_p .. t_end; one-shot pruning is a window of length 0."""
+    t_p = round(cfg.prune_start * cfg.max_steps)
+    return t_p, t_p + (0 if cfg.pruning == "oneshot" else round(cfg.prune_len * cfg.max_steps))
+
+
+def tokens_per_step(cfg):
+    return cfg.batch_size * cfg.block_size * cfg.grad_accum
+
+
+def validate(cfg):
+    """Resolve the pipeline into its two knobs, then refuse impossible settings with a message that says why."""
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+    need(cfg.preset in PRESETS, f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    need(cfg.pipeline in PIPELINES, f"unknown --pipeline {cfg.pipeline!r}; choose one of {', '.join(PIPELINES)}")
+    cfg.pruning = cfg.pruning or PIPELINES[cfg.pipeline][0]
+    cfg.lr_schedule = cfg.lr_schedule or PIPELINES[cfg.pipeline][1]
+    need(cfg.pruning in ("iterative", "oneshot", "none"), f"unknown --pruning {cfg.pruning!r}: iterative | oneshot | none")
+    need(cfg.lr_schedule in ("unified", "restarted", "rewarm"),
+         f"unknown --lr_schedule {cfg.lr_schedule!r}: unified | restarted | rewarm")
+    for knob in ("f1", "f2"):
+        need(getattr(cfg, knob) in REDUCE, f"unknown --{knob} {getattr(cfg, knob)!r}; choose one of {', '.join(REDUCE)}")
+    need(cfg.ranking in ("layer", "global"), f"unknown --ranking {cfg.ranking!r}: layer | global")
+    need(cfg.dtype in ("auto", "float32", "bfloat16"), f"unknown --dtype {cfg.dtype!r}: auto | float32 | bfloat16")
+    for knob in ("batch_size", "grad_accum", "block_size", "n_layer", "n_head", "n_embd", "ffn_hidden",
+                 "ffn_multiple", "max_steps", "prune_every", "eval_every", "eval_iters", "log_every", "ckpt_every"):
+        need(getattr(cfg, knob) >= 1, f"--{knob} must be at least 1, got {getattr(cfg, knob)}")
+    need(cfg.n_embd % cfg.n_head == 0 and (cfg.n_embd // cfg.n_head) % 2 == 0,
+         f"--n_embd {cfg.n_embd} must split into --n_head {cfg.n_head} heads of even size (RoPE rotates pairs)")
+    need(0 < cfg.min_lr <= cfg.lr, f"need 0 < --min_lr ({cfg.min_lr}) <= --lr ({cfg.lr})")
+    need(cfg.warmup_steps >= 0 and cfg.ema_warmup >= 0, "--warmup_steps and --ema_warmup cannot be negative")
+    need(0 <= cfg.ema_beta < 1, f"--ema_beta (lambda) must be in [0, 1), got {cfg.ema_beta}: "
+                                "at 1 the EMA never takes in a new score")
+    need(0 <= cfg.compact_frac <= 1, f"--compact_frac must be in [0, 1], got {cfg.compact_frac}")
+    if cfg.pruning != "none":
+        F_t, F_e = ffn_sizes(cfg)
+        need(F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the enlarged width "
+                        f"(--enlarge {cfg.enlarge} gives {F_e}): raise --enlarge above 1, or use --pipeline scratch")
+        need(0 < cfg.prune_start < 1, f"--prune_start must be a fraction of the run in (0, 1), got {cfg.prune_start}")
+        need(cfg.prune_len >= 0, f"--prune_len cannot be negative, got {cfg.prune_len}")
+        t_p, t_end = phase_steps(cfg)
+        need(t_end <= cfg.max_steps, f"the pruning window ends at step {t_end}, past the end of the run "
+                                     f"(--max_steps {cfg.max_steps}): make --prune_start + --prune_len <= 1")
+        need(t_p >= 1, f"pruning would start at step 0: raise --prune_start or --max_steps")
+    return cfg
+
+
+def parse_args(argv=None):
+    """Argparse built from the Config fields: each field's type, default and trailing comment become a flag."""
+    helps = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+    p = argparse.ArgumentParser(description="IDEA Prune: integrated enlarge -> prune -> recover, one LR schedule.")
+    for f in fields(Config):
+        if f.type is bool:
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=helps[f.name])
+        else:
+            p.add_argument(f"--{f.name}", type=f.type, default=None, help=f"{helps[f.name]} (default {f.default!r})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt")
+    p.add_argument("--compare", action="store_true", help=f"run {', '.join(COMPARE)}; then figures and a table")
+    p.add_argument("--ablation", action="store_true", help=f"run {', '.join(ABLATION)} (resumed vs restarted LR)")
+    p.add_argument("--replot", action="store_true", help="with --compare/--ablation: only redraw from the logs")
+    p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
+    args = p.parse_args(argv)
+    preset = args.preset or Config.preset
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(**PRESETS[preset])
+    cfg = replace(cfg, **{f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None})
+    return cfg, args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 2. Data: uint16 token files, random windows (nanoGPT) ----
+# ---------------------------------------------------------------------------------------------------------------
+def data_dir(cfg):
+    return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
+
+
+def ensure_data(cfg):
+    """Prepare the embedded Shakespeare data on first use; for anything else, say the command that prepares it."""
+    d = data_dir(cfg)
+    missing = [f for f in ("train.bin", "val.bin") if not os.path.exists(os.path.join(d, f))]
+    prepare = os.path.join("data", cfg.dataset, "prepare.py")
+    if missing and cfg.dataset == "shakespeare" and not cfg.data_dir:
+        print(f"{d} has no {', '.join(missing)}: preparing it with {prepare}")
+        subprocess.run([sys.executable, os.path.join(ROOT, prepare)], check=True)
+        missing = []
+    if missing:
+        how = f"python {prepare}" if os.path.exists(os.path.join(ROOT, prepare)) else "a prepare.py of your own"
+        raise ConfigError(f"no {', '.join(missing)} in {d}: prepare the data first with: {how}")
+    meta_path = os.path.join(d, "meta.json")
+    if os.path.exists(meta_path):
+        vocab = json.load(open(meta_path))["vocab_size"]
+        if vocab > cfg.vocab_size:
+            raise ConfigError(f"{d} has tokens up to {vocab - 1} but --vocab_size is {cfg.vocab_size}")
+    for split in ("train", "val"):
+        n = os.path.getsize(os.path.join(d, f"{split}.bin")) // 2
+        if n <= cfg.block_size + 1:
+            raise ConfigError(f"{split}.bin in {d} holds {n} tokens, fewer than one window of --block_size + 1")
+
+
+def tokenizer(cfg):
+    """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
+    meta_path = os.path.join(data_dir(cfg), "meta.json")
+    kind = json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
+    if kind == "gpt2":
+        import tiktoken  # imported here: it fetches its vocabulary file on first use
+        enc = tiktoken.get_encoding("gpt2")
+        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+    return (lambda s: list(s.encode())), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+
+
+class Data:
+    """Random windows of block_size + 1 tokens. The generator's state goes into checkpoints (exact resume)."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, device
+        self.split = {s: np.memmap(os.path.join(data_dir(cfg), f"{s}.bin"), dtype=np.uint16, mode="r")
+                      for s in ("train", "val")}
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the same seed -> the same batches in every pipeline
+
+    def _to_device(self, buf):
+        buf = torch.from_numpy(buf.astype(np.int64))
+        if self.device.type == "cuda":
+            buf = buf.pin_memory().to(self.device, non_blocking=True)
+        else:
+            buf = buf.to(self.device)
+        return buf[:, :-1], buf[:, 1:]  # x, y: (B, T) each, y = x shifted left by one
+
+    def batch(self, split, gen=None):
+        arr, T = self.split[split], self.cfg.block_size
+        ix = torch.randint(len(arr) - T, (self.cfg.batch_size,), generator=gen or self.gen).numpy()
+        return self._to_device(arr[ix[:, None] + np.arange(T + 1)])
+
+    def sequential(self, split):
+        """Every non-overlapping window of the split, in order: for the final, exact evaluation."""
+        arr, T, B = self.split[split], self.cfg.block_size, self.cfg.batch_size
+        starts = np.arange(0, len(arr) - T - 1, T)
+        for i in range(0, len(starts), B):
+            yield self._to_device(arr[starts[i:i + B, None] + np.arange(T + 1)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 3. Model: a Llama-style decoder whose FFN widths are a per-layer list ----
+# ---------------------------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rope_tables(head_dim, max_len, base=10000.0):
+    """cos, sin of the rotation angles pos * base^(-2i/head_dim): (max_len, head_dim/2) each."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(max_len).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate (first half, second half) pairs of x: (B, H, T, hd), by the position's angles (Llama layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
+                   for t in self.qkv(x).split(C, dim=2))
+        q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    """FFN of width F: down(silu(gate(x)) * up(x)).
+    Neuron j is row j of W_gate and W_up (F, d) and column j of W_down (d, F): pruning removes all three."""
+
+    def __init__(self, d, width):
+        super().__init__()
+        self.gate = nn.Linear(d, width, bias=False)
+        self.up = nn.Linear(d, width, bias=False)
+        self.down = nn.Linear(width, d, bias=False)
+
+    @property
+    def width(self):
+        return self.up.weight.shape[0]
+
+    def neuron_weights(self):
+        """(weight, the dim that indexes neurons): what the importance, the masks and the compaction walk over."""
+        return (self.up.weight, 0), (self.gate.weight, 0), (self.down.weight, 1)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, width):
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
+        self.ffn_norm, self.ffn = RMSNorm(cfg.n_embd), SwiGLU(cfg.n_embd, width)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg, widths):
+        super().__init__()
+        assert len(widths) == cfg.n_layer, f"need one FFN width per layer, got {len(widths)} for {cfg.n_layer}"
+        self.block_size = cfg.block_size
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, w) for w in widths)
+        self.norm = RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied embeddings
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        # GPT-2 init: N(0, 0.02), the projections into the residual stream scaled by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @property
+    def ffn_widths(self):
+        return [b.ffn.width for b in self.blocks]
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+
+    def forward(self, idx, targets=None):
+        x = self.tok_emb(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, self.cos, self.sin)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+    @torch.no_grad()
+    def compact_ffn(self, keep):
+        """Model surgery: keep only neurons keep[l] (sorted indices) of layer l, as new, smaller Parameters.
+        Returns (layer, old, new, dim) for every replaced weight, so an optimizer can move its state (section 7)."""
+        assert len(keep) == len(self.blocks)
+        d, replaced = self.tok_emb.weight.shape[1], []
+        for layer, (block, idx) in enumerate(zip(self.blocks, keep)):
+            ffn, n = block.ffn, idx.numel()
+            assert idx.dim() == 1 and 0 < n <= ffn.width and int(idx.max()) < ffn.width
+            for lin, dim in ((ffn.up, 0), (ffn.gate, 0), (ffn.down, 1)):  # up, gate: (F, d); down: (d, F)
+                new = nn.Parameter(lin.weight.index_select(dim, idx))
+                replaced.append((layer, lin.weight, new, dim))
+                lin.weight = new
+            ffn.up.out_features = ffn.gate.out_features = ffn.down.in_features = n
+            assert ffn.up.weight.shape == ffn.gate.weight.shape == (n, d) and ffn.down.weight.shape == (d, n)
+        return replaced
+
+    @torch.no_grad()
+    def generate(self, idx, n_new, temperature=0.8, top_k=40, gen=None):
+        for _ in range(n_new):
+            logits, _ = self(idx[:, -self.block_size:])
+            logits = logits[:, -1, :].float() / temperature
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            probs = F.softmax(logits.masked_fill(logits < kth, -float("inf")), dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=gen)), dim=1)
+        return idx
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 4. Learning-rate schedule: one cosine (integrated), or one per stage (restarted) ----
+# ---------------------------------------------------------------------------------------------------------------
+def warmup_cosine(i, n, cfg):
+    """LR at step i of a stage of n steps: linear warmup to eta_p (non-zero at i = 0), cosine down to eta_e at n."""
+    if i < cfg.warmup_steps:
+        return cfg.lr * (i + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (i - cfg.warmup_steps) / max(1, n - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_stages(cfg):
+    """The (start, end) of each LR stage; a stage is active from its start until the next stage starts.
+    unified:   one cosine over the whole run: the LR never rises again after warmup (IDEA Prune).
+    restarted: every pipeline stage (enlarged | pruning | recovery) gets its own warmup + cosine to eta_e.
+    rewarm:    the unified cosine until t_p, then a fresh warmup + cosine to the end (the ablation's arm)."""
+    T = cfg.max_steps
+    if cfg.pruning == "none" or cfg.lr_schedule == "unified":
+        return [(0, T)]
+    t_p, t_end = phase_steps(cfg)
+    if cfg.lr_schedule == "rewarm":
+        return [(0, T), (t_p, T)]
+    starts = sorted({0, t_p, t_end} - {T})
+    return list(zip(starts, starts[1:] + [T]))
+
+
+def lr_at(step, cfg):
+    start, end = [s for s in lr_stages(cfg) if s[0] <= step][-1]
+    return warmup_cosine(step - start, end - start, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 5. Importance: sensitivity |W * dW| reduced per neuron (f1), an EMA, combined across matrices (f2) ----
+# ---------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sensitivity(ffn, f1):
+    """I = |W * dW| for W_up, W_gate, W_down, reduced by f1 over each neuron's entries: (3, F).
+    |W * dW| is the first-order Taylor estimate of the loss change when the weight is zeroed."""
+    return torch.stack([REDUCE[f1]((w * w.grad).abs_(), 1 - dim) for w, dim in ffn.neuron_weights()])
+
+
+@torch.no_grad()
+def update_importance(ema, model, cfg):
+    """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors (3 * F floats per layer).
+    For a linear f1 (mean, sum) this is exactly the per-element EMA, reduced afterwards."""
+    for e, block in zip(ema, model.blocks):
+        e.mul_(cfg.ema_beta).add_(sensitivity(block.ffn, cfg.f1).float(), alpha=1 - cfg.ema_beta)
+
+
+def neuron_scores(ema, f2):
+    """One score per neuron: f2 over its up/gate/down EMAs. "mean-max" = f1 mean, f2 max (the paper's best)."""
+    return [REDUCE[f2](e, 0) for e in ema]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 6. Cubic keep-schedule and monotone masks ----
+# ---------------------------------------------------------------------------------------------------------------
+def keep_at(step, cfg):
+    """Neurons kept per layer at a step: F_e before t_p, then r(t) = r_T + (1 - r_T)(1 - (t - t_p)/T_p)^3 of F_e,
+    exactly F_t = r_T * F_e from t_end = t_p + T_p on. One-shot pruning is the window of length 0."""
+    F_t, F_e = ffn_sizes(cfg)
+    if cfg.pruning == "none":
+        return F_t
+    t_p, t_end = phase_steps(cfg)
+    if step < t_p:
+        return F_e
+    if step >= t_end:
+        return F_t
+    r_T = F_t / F_e
+    r = r_T + (1 - r_T) * (1 - (step - t_p) / (t_end - t_p)) ** 3
+    return min(F_e, max(F_t, round(r * F_e)))
+
+
+def is_prune_step(step, cfg):
+    t_p, t_end = phase_steps(cfg)
+    return cfg.pruning != "none" and t_p <= step <= t_end and ((step - t_p) % cfg.prune_every == 0 or step == t_end)
+
+
+@torch.no_grad()
+def zero_neurons_(model, optimizer, dead):
+    """Zero the weights AND the AdamW moments of dead neurons. With a neuron's gate and up rows at zero its
+    activation silu(0) * 0 is 0, so all three of its gradients are exactly 0, Adam's update 0 / (0 + eps) is
+    0, and decoupled weight decay keeps 0 at 0: a pruned neuron stays pruned with no mask in the forward pass."""
+    for block, d in zip(model.blocks, dead):
+        idx = d.nonzero().squeeze(1)
+        if idx.numel():
+            for w, dim in block.ffn.neuron_weights():
+                state = optimizer.state.get(w, {})
+                for t in [w] + [state[k] for k in ("exp_avg", "exp_avg_sq") if k in state]:
+                    t.index_fill_(dim, idx, 0.0)
+
+
+@torch.no_grad()
+def prune_(model, optimizer, ema, alive, k, cfg):
+    """Shrink the alive masks to the k best neurons per layer (ranking "layer") or the k * n_layer best overall
+    (ranking "global"). Only alive neurons compete, so masks only ever shrink. Returns the neurons removed."""
+    scores = [s.masked_fill(~a, -float("inf")) for s, a in zip(neuron_scores(ema, cfg.f2), alive)]
+    if cfg.ranking == "layer":
+        keep = [s.topk(min(k, int(a.sum()))).indices for s, a in zip(scores, alive)]
+    else:
+        for s in scores:  # each layer keeps at least its best neuron, so no layer can vanish
+            s[s.argmax()] = float("inf")
+        top = torch.cat(scores).topk(min(k * len(scores), sum(int(a.sum()) for a in alive))).indices
+        offsets = np.cumsum([0] + [len(s) for s in scores])
+        keep = [top[(top >= lo) & (top < hi)] - lo for lo, hi in zip(offsets[:-1], offsets[1:])]
+    new_alive = [torch.zeros_like(a).index_fill_(0, kp, True) for a, kp in zip(alive, keep)]
+    dead = [a & ~n for a, n in zip(alive, new_alive)]
+    zero_neurons_(model, optimizer, dead)
+    alive[:] = new_alive
+    return sum(int(d.sum()) for d in dead)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 7. Compaction: slice pruned neurons out of the weights and the AdamW state ----
+# ---------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def compact_(model, optimizer, ema, alive):
+    """Physically remove masked neurons: rows of W_up / W_gate, columns of W_down, the same entries of AdamW's
+    exp_avg and exp_avg_sq (its step counter is kept), and of the importance EMA. Afterwards the model is
+    exactly a model built at the smaller widths: same outputs as the masked one, same speed as a fresh one."""
+    keep = [a.nonzero().squeeze(1) for a in alive]
+    replaced = model.compact_ffn(keep)
+    new_of = {id(old): new for _, old, new, _ in replaced}
+    for layer, old, new, dim in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced
+        state = optimizer.state.pop(old, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in state:
+                state[k] = state[k].index_select(dim, keep[layer])
+        if state:
+            optimizer.state[new] = state
+    for group in optimizer.param_groups:
+        group["params"] = [new_of.get(id(p), p) for p in group["params"]]
+    ema[:] = [e[:, idx] for e, idx in zip(ema, keep)]
+    alive[:] = [torch.ones(idx.numel(), dtype=torch.bool, device=idx.device) for idx in keep]
+
+
+def masked_fraction(alive):
+    """The largest fraction of a layer's physical width that is masked but still allocated."""
+    return max(1 - int(a.sum()) / a.numel() for a in alive)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 8. Evaluation and sampling ----
+# ---------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def estimate_loss(model, data, cfg, ctx):
+    """Mean loss on eval_iters batches per split; the batches are the same at every call and in every pipeline."""
+    model.eval()
+    out = {}
+    for i, split in enumerate(("train", "val")):
+        gen = torch.Generator().manual_seed(cfg.seed + 1 + i)
+        losses = []
+        for _ in range(cfg.eval_iters):
+            with ctx:
+                losses.append(model(*data.batch(split, gen))[1].item())
+        out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def evaluate_full(model, data, ctx, split="val"):
+    """Token-weighted mean loss over every non-overlapping window of the split: the number the README reports."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in data.sequential(split):
+        with ctx:
+            total += model(x, y)[1].item() * y.numel()
+        count += y.numel()
+    model.train()
+    return total / count
+
+
+def sample(model, cfg, device, ctx):
+    encode, decode = tokenizer(cfg)
+    prompt = torch.tensor([encode("\n")], dtype=torch.long, device=device)
+    with ctx:
+        out = model.generate(prompt, cfg.sample_tokens, gen=torch.Generator(device).manual_seed(cfg.seed))
+    return decode(out[0, 1:].tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 9. Checkpoints: tensors and plain types only, written atomically ----
+# ---------------------------------------------------------------------------------------------------------------
+def save_checkpoint(path, model, optimizer, ema, alive, data, cfg, progress):
+    """Everything exact resume needs. Loadable with torch.load(path, weights_only=True)."""
+    ckpt = {
+        "model": model.state_dict(),
+        "widths": model.ffn_widths,            # build GPT(cfg, widths) before load_state_dict
+        "optimizer": optimizer.state_dict(),
+        "importance": [e.cpu() for e in ema],  # (3, F_l): EMA of up, gate, down scores
+        "alive": [a.cpu() for a in alive],     # (F_l,) bool masks
+        "config": asdict(cfg),
+        "progress": progress,                  # step, tokens, flops by phase, wall time so far
+        "rng": {"torch": torch.get_rng_state(), "data": data.gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a torn ckpt.pt
+
+
+def load_model(path, device="cpu"):
+    """A trained (pruned) model from a checkpoint, at the widths it was saved with."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = Config(**ckpt["config"])
+    model = GPT(cfg, ckpt["widths"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 10. Training loop: enlarged -> pruning -> recovery, one AdamW, no reset ----
+# ---------------------------------------------------------------------------------------------------------------
+class Diverged(RuntimeError):
+    """The loss became NaN or inf; the last checkpoint on disk is left as it was."""
+
+
+def setup_device(cfg):
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
+    return device, ctx
+
+
+def make_optimizer(model, cfg, device):
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and the (tied) embedding
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # RMSNorm gains
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def phase_of(step, cfg):
+    if cfg.pruning == "none":
+        return "target"
+    t_p, t_end = phase_steps(cfg)
+    return "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
+
+
+def fmt_params(n):
+    return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def describe(cfg):
+    """Print the resolved config and the numbers derived from it, once, before anything runs."""
+    F_t, F_e = ffn_sizes(cfg)
+    t_p, t_end = phase_steps(cfg)
+    tps, T = tokens_per_step(cfg), cfg.max_steps
+    print("config:", " ".join(f"{k}={v}" for k, v in asdict(cfg).items()))
+    with torch.device("meta"):  # parameter counts without allocating memory (the 300m preset is large)
+        sizes = {w: GPT(cfg, [w] * cfg.n_layer) for w in (F_e, F_t)}
+    for name, w in (("enlarged", F_e), ("target", F_t)):
+        m = sizes[w]
+        ffn = sum(p.numel() for b in m.blocks for p in b.ffn.parameters())
+        print(f"{name:8s} model: FFN {w:5d} per layer | {fmt_params(m.num_params())} params, "
+              f"FFN {fmt_params(ffn)} ({100 * ffn / m.num_params():.0f}%)")
+    print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
+          f"{tps * T / 1e6:.2f}M in {T} steps")
+    if cfg.pruning == "none":
+        print(f"phases: target-size model for all {T} steps (scratch)")
+    else:
+        print(f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "
+              f"({tps * (t_end - t_p) / 1e6:.2f}M tok) | recovery {t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)")
+    stages = ", ".join(f"{a}-{b}" for a, b in lr_stages(cfg))
+    print(f"LR: {cfg.lr_schedule} ({stages}): warmup {cfg.warmup_steps} to {cfg.lr:g}, cosine to {cfg.min_lr:g}")
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train(cfg, resume=False, stop_after=None):
+    """One run of a pipeline. Returns its final record. stop_after=k checkpoints at step k and returns (tests)."""
+    if resume:
+        ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        keep = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile")}
+        cfg = replace(Config(**ckpt["config"]), **keep)  # the run's own config; only where it runs may change
+    validate(cfg)
+    describe(cfg)
+    ensure_data(cfg)
+    device, ctx = setup_device(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    F_t, F_e = ffn_sizes(cfg)
+    t_p, t_end = phase_steps(cfg)
+    T, tps = cfg.max_steps, tokens_per_step(cfg)
+
+    torch.manual_seed(cfg.seed)
+    data = Data(cfg, device)
+    widths = ckpt["widths"] if resume else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
+    model = GPT(cfg, widths).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    ema = [torch.zeros(3, w, device=device) for w in widths]            # importance EMA per layer
+    alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]  # monotone masks per layer
+    progress = {"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "params_start": model.num_params()}
+    if resume:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        ema = [e.to(device) for e in ckpt["importance"]]
+        alive = [a.to(device) for a in ckpt["alive"]]
+        progress = ckpt["progress"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        data.gen.set_state(ckpt["rng"]["data"])
+        if ckpt["rng"]["cuda"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        # drop log lines written after the checkpoint: they will be written again, identically
+        records = [r for r in read_log(log_path) if r.get("step", 0) < progress["step"] or r["kind"] == "config"]
+        with open(log_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        print(f"resumed from {ckpt_path} at step {progress['step']}")
+        del ckpt
+    else:
+        with open(log_path, "w") as f:  # the header the plots read: config and phase boundaries
+            f.write(json.dumps({"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p,
+                                "t_end": t_end, "tokens_per_step": tps, "lr_stages": lr_stages(cfg)}) + "\n")
+    log = open(log_path, "a")
+    fwd = torch.compile(model) if cfg.compile else model  # after a compaction, a compiled model re-specializes
+
+    def checkpoint(step):
+        save_checkpoint(ckpt_path, model, optimizer, ema, alive, data, cfg, {**progress, "step": step})
+
+    def event(step, msg):
+        print(f"step {step:5d} | {msg}")
+        log.write(json.dumps({"kind": "event", "step": step, "what": msg}) + "\n")
+
+    start_step, t0 = progress["step"], time.time() - progress["wall_s"]
+    for step in range(start_step, T + 1):
+        # -- once in a while, before the step: evaluate, prune, compact, checkpoint --
+        if step % cfg.eval_every == 0 or step == T:
+            est = estimate_loss(fwd, data, cfg, ctx)
+            print(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
+            log.write(json.dumps({"kind": "eval", "step": step, "tokens": progress["tokens"],
+                                  "flops": sum(progress["flops"].values()), "train_loss": est["train"],
+                                  "val_loss": est["val"]}) + "\n")
+        if is_prune_step(step, cfg):
+            if step == t_p:
+                event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, "
+                            f"lambda {cfg.ema_beta}): FFN {F_e} -> {F_t} per layer by step {t_end}")
+            k = keep_at(step, cfg)
+            if k * cfg.n_layer < sum(int(a.sum()) for a in alive):
+                prune_(model, optimizer, ema, alive, k, cfg)
+            if masked_fraction(alive) > 0 and (masked_fraction(alive) >= cfg.compact_frac or step == t_end):
+                before_w, before_p = model.ffn_widths, model.num_params()
+                compact_(model, optimizer, ema, alive)
+                event(step, f"compacted FFN {np.mean(before_w):.0f} -> {np.mean(model.ffn_widths):.0f} per layer, "
+                            f"{fmt_params(before_p)} -> {fmt_params(model.num_params())} params")
+            if step == t_end:
+                event(step, f"pruning done, recovery from here: FFN widths {model.ffn_widths}")
+        if step > start_step and (step % cfg.ckpt_every == 0 or step == T or step == stop_after):
+            checkpoint(step)
+        if step == T or step == stop_after:
+            break
+
+        # -- one optimization step: accumulate gradients, score neurons, clip, AdamW --
+        t_step = time.time()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = data.batch("train")
+            with ctx:
+                _, loss = fwd(x, y)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.item()
+        loss_val = loss_sum / cfg.grad_accum
+        if not math.isfinite(loss_val):
+            log.close()
+            raise Diverged(f"loss is {loss_val} at step {step}; stopped. The last checkpoint ({ckpt_path}) is "
+                           f"from before this and was not touched: lower --lr or raise --warmup_steps")
+        if cfg.pruning != "none" and t_p - cfg.ema_warmup <= step < t_end:
+            update_importance(ema, model, cfg)  # on the accumulated gradient, before clipping rescales it
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # -- bookkeeping and one log line --
+        phase, n_params = phase_of(step, cfg), model.num_params()
+        progress["tokens"] += tps
+        progress["flops"][phase] = progress["flops"].get(phase, 0.0) + 6.0 * n_params * tps  # ~6 N D
+        now = time.time()
+        dt = now - t_step
+        ffn = float(np.mean([int(a.sum()) for a in alive]))
+        log.write(json.dumps({"kind": "train", "step": step, "tokens": progress["tokens"], "loss": loss_val,
+                              "lr": lr, "ffn": ffn, "params": n_params, "phase": phase, "ms": 1000 * dt,
+                              "flops": sum(progress["flops"].values())}) + "\n")
+        if step % cfg.log_every == 0 or step == T - 1:
+            print(f"step {step:5d}/{T} | loss {loss_val:.4f} | lr {lr:.1e} | ffn {ffn:.0f}->{F_t} | "
+                  f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | {tps / dt / 1e3:5.1f}k tok/s")
+            log.flush()
+        progress["wall_s"] = now - t0
+
+    if stop_after is not None and stop_after < T:
+        log.close()
+        return None
+    # -- the end: exact validation loss, a summary, a sample from the pruned model, the run's figure --
+    val = evaluate_full(fwd, data, ctx)
+    final = {"kind": "final", "pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val),
+             "params": model.num_params(), "widths": model.ffn_widths, "tokens": progress["tokens"],
+             "flops": sum(progress["flops"].values()), "flops_by_phase": progress["flops"],
+             "wall_s": progress["wall_s"]}
+    log.write(json.dumps(final) + "\n")
+    log.close()
+    print(f"done: {cfg.pipeline} | val loss {val:.4f} | ppl {math.exp(val):.2f} | params {fmt_params(progress['params_start'])}"
+          f" -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M tokens | "
+          f"{final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())}) | "
+          f"{final['wall_s']:.0f} s")
+    if cfg.sample_tokens:
+        print("sample from the final model:\n" + sample(model, cfg, device, ctx))
+    plot_run(read_log(log_path), os.path.join(cfg.plot_dir, f"{cfg.pipeline}.png"))
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 11. Plots: mirrors of the paper's Figure 1 (right) and Figure 2, from log.jsonl alone ----
+# ---------------------------------------------------------------------------------------------------------------
+PHASE_COLORS = {"enlarged": "#dbe9f6", "pruning": "#fde0c5", "recovery": "#dff2df"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _split(records):
+    header = next(r for r in records if r["kind"] == "config")
+    return header, [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
+
+
+def shade_phases(ax, header, scale=1.0, labels=True):
+    """Shade enlarged | pruning | recovery along x (steps times scale: tokens when scale = tokens per step)."""
+    if header["pruning"] == "none":
+        return
+    t_p, t_end, T = header["t_p"], header["t_end"], header["max_steps"]
+    spans = [("enlarged", 0, t_p), ("pruning", t_p, t_end), ("recovery", t_end, T)]
+    for name, a, b in spans:
+        if b > a:
+            ax.axvspan(a * scale, b * scale, color=PHASE_COLORS[name], label=name if labels else None, lw=0)
+    if t_end == t_p:  # one-shot: a window of zero width, drawn as a line
+        ax.axvline(t_p * scale, color="#e6550d", lw=1.5, label="one-shot prune" if labels else None)
+
+
+def smooth(values, window=25):
+    """Trailing moving average (the first points average over what exists)."""
+    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_run(records, path):
+    """One run: LR with its phases (top), train/val loss against tokens (middle), FFN width (bottom)."""
+    plt = _plt()
+    header, train, evals = _split(records)
+    steps = [r["step"] for r in train]
+    fig, (ax_lr, ax_loss, ax_ffn) = plt.subplots(3, 1, figsize=(8, 10))
+    shade_phases(ax_lr, header)
+    ax_lr.plot(steps, [r["lr"] for r in train], color="k")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title=f"{header['pipeline']}: LR schedule ({header['lr_schedule']})")
+    if header["pruning"] != "none":
+        ax_lr.legend(loc="upper right", fontsize=8)
+    tok = np.array([r["tokens"] for r in train]) / 1e6
+    shade_phases(ax_loss, header, header["tokens_per_step"] / 1e6, labels=False)
+    ax_loss.plot(tok, [r["loss"] for r in train], color="#9ecae1", lw=0.6, label="train (per step)")
+    ax_loss.plot(tok, smooth([r["loss"] for r in train]), color="#08519c", label="train (smoothed)")
+    ax_loss.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o-", color="#d62728",
+                 label="validation")
+    losses = [r["loss"] for r in train]
+    ax_loss.set_ylim(min(losses) - 0.05, np.percentile(losses, 95) + 0.1)  # the first steps would flatten the rest
+    ax_loss.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)", title="loss")
+    ax_loss.legend(fontsize=8)
+    shade_phases(ax_ffn, header, labels=False)
+    ax_ffn.plot(steps, [r["ffn"] for r in train], color="k")
+    ax_ffn.axhline(header["F_t"], ls="--", color="gray", lw=1, label=f"target F_t = {header['F_t']}")
+    ax_ffn.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width")
+    ax_ffn.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_compare(runs, prefix):
+    """Several runs (name -> log records): the figures of the comparison, written to prefix_*.png."""
+    plt = _plt()
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    colors = dict(zip(PIPELINES, ["#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
+    parsed = {name: _split(recs) for name, recs in runs.items()}
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(f"{prefix}_{name}.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{prefix}_{name}.png")
+
+    # Figure 2 mirror: the LR of each pipeline against tokens, one panel each, phases shaded
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True, squeeze=False)
+    for ax, (name, (header, train, _)) in zip(axes[:, 0], parsed.items()):
+        scale = header["tokens_per_step"] / 1e6
+        shade_phases(ax, header, scale)
+        ax.plot([r["tokens"] / 1e6 for r in train], [r["lr"] for r in train], color=colors.get(name, "k"))
+        ax.set(ylabel="LR", title=f"{name}: pruning {header['pruning']}, LR {header['lr_schedule']}")
+        if header["pruning"] != "none":
+            ax.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("training tokens (millions)")
+    save(fig, "lr")
+
+    # Figure 1 (right) mirror: smoothed training loss and validation loss of all pipelines; a zoom on the end
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.8))
+    ref = next((h for h, _, _ in parsed.values() if h["pruning"] != "none"), None)
+    for a in (ax, zoom):
+        if ref:
+            a.axvspan(ref["t_p"] * ref["tokens_per_step"] / 1e6, max(ref["t_end"], ref["t_p"] + 1)
+                      * ref["tokens_per_step"] / 1e6, color=PHASE_COLORS["pruning"], label="pruning window", lw=0)
+        for name, (header, train, evals) in parsed.items():
+            tok = np.array([r["tokens"] for r in train]) / 1e6
+            a.plot(tok, smooth([r["loss"] for r in train]), color=colors.get(name), lw=1.2,
+                   label=f"{name} train (smoothed)")
+            a.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o--", ms=3,
+                   color=colors.get(name), lw=0.8, label=f"{name} validation")
+        a.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)")
+    ax.set_title("training and validation loss, all pipelines")
+    ax.legend(fontsize=7)
+    total = max(r["tokens"] for _, train, _ in parsed.values() for r in train[-1:]) / 1e6
+    late = [r for _, train, evals in parsed.values() for r in train + evals if r["tokens"] / 1e6 >= 0.45 * total]
+    late_losses = [r.get("val_loss", r.get("loss")) for r in late]
+    zoom.set_xlim(0.45 * total, total * 1.01)
+    if late_losses:
+        lo, hi = np.percentile(late_losses, [0, 90])
+        zoom.set_ylim(lo - 0.02, hi + 0.05)
+    zoom.set_title("zoom: the second half, where the pipelines separate")
+    save(fig, "loss")
+
+    # loss at equal compute: the enlarged phase is not free
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (header, _, evals) in parsed.items():
+        ax.plot([r["flops"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, color=colors.get(name),
+                label=name)
+    ax.set(xlabel="training FLOPs (6 x params x tokens)", ylabel="validation loss (nats/token)",
+           title="validation loss against training compute")
+    ax.legend(fontsize=8)
+    save(fig, "flops")
+
+    # FFN width against step
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (header, train, _) in parsed.items():
+        ax.plot([r["step"] for r in train], [r["ffn"] for r in train], color=colors.get(name), label=name)
+    ax.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width during training")
+    ax.legend(fontsize=8)
+    save(fig, "ffn")
+    return written
+
+
+def results_table(runs):
+    """Markdown: one row per pipeline, from the final record of its log."""
+    rows = ["| pipeline | val loss | perplexity | params | FFN widths | tokens | training FLOPs | wall time |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, recs in runs.items():
+        f = next(r for r in recs if r["kind"] == "final")
+        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} | {fmt_params(f['params'])} | "
+                    f"{'/'.join(map(str, sorted(set(f['widths']))))} | {f['tokens'] / 1e6:.2f}M | "
+                    f"{f['flops']:.3g} | {f['wall_s']:.0f} s |")
+    return "\n".join(rows) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- 12. Main: one run, or a suite of runs (--compare, --ablation) with figures and a results table ----
+# ---------------------------------------------------------------------------------------------------------------
+def run_suite(cfg, names, label, replot=False):
+    """Train each named pipeline from the same seed and data order, each into out_dir/<name>, then compare."""
+    runs = {}
+    for name in names:
+        sub = replace(cfg, pipeline=name, pruning="", lr_schedule="", out_dir=os.path.join(cfg.out_dir, name))
+        sub = replace(sub, plot_dir=sub.out_dir)  # each run's own figure stays beside its log
+        log_path = os.path.join(sub.out_dir, "log.jsonl")
+        if not replot:
+            print(f"\n==== {label}: {name} ====")
+            train(sub)
+        if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
+            raise ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
+        runs[name] = read_log(log_path)
+    written = plot_compare(runs, os.path.join(cfg.plot_dir, label))
+    table = results_table(runs)
+    for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
+        with open(path, "w") as f:
+            f.write(table)
+    print(f"\n{table}\nwrote {', '.join(written)} and {label}_results.md")
+    return runs
+
+
+def benchmark(cfg, steps=20, rounds=3):
+    """Median time of one optimization step: importance tracking off vs on (enlarged model), and a model
+    compacted from F_e vs one built at F_t from scratch. The variants alternate, so load drifts hit all alike."""
+    validate(cfg)
+    device, ctx = setup_device(cfg)
+    F_t, F_e = ffn_sizes(cfg)
+    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=device)
+
+    def setup(widths, compact_to=None):
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg, widths).to(device)
+        opt = make_optimizer(model, cfg, device)
+        ema = [torch.zeros(3, w, device=device) for w in widths]
+        if compact_to:  # one real step for AdamW state, then prune to F_t and compact: the integrated path
+            step(model, opt, ema, False)
+            alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]
+            prune_(model, opt, [torch.rand(3, w, device=device) for w in widths], alive, compact_to, cfg)
+            compact_(model, opt, ema, alive)
+        return model, opt, ema
+
+    def step(model, opt, ema, track):
+        with ctx:
+            loss = model(x[:, :-1], x[:, 1:])[1]
+        loss.backward()
+        if track:
+            update_importance(ema, model, cfg)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    variants = {"enlarged, tracking off": (setup([F_e] * cfg.n_layer), False),
+                "enlarged, tracking on": (setup([F_e] * cfg.n_layer), True),
+                "target, built at F_t": (setup([F_t] * cfg.n_layer), False),
+                "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), False)}
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, ((model, opt, ema), track) in variants.items():
+            step(model, opt, ema, track)  # warm-up
+            for _ in range(steps):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                step(model, opt, ema, track)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t)
+    med = {name: 1000 * float(np.median(ts)) for name, ts in times.items()}
+    print(f"{'variant':28s} | ms/step (median of {steps * rounds})")
+    for name, ms in med.items():
+        print(f"{name:28s} | {ms:8.1f}")
+    print(f"tracking on / off:     {med['enlarged, tracking on'] / med['enlarged, tracking off']:.3f}x")
+    print(f"compacted / built:     {med['target, compacted from F_e'] / med['target, built at F_t']:.3f}x")
+    return med
+
+
+def main(argv=None):
+    try:
+        cfg, args = parse_args(argv)
+        if args.bench:
+            benchmark(cfg)
+        elif args.compare or args.ablation:
+            validate(replace(cfg, pruning="", lr_schedule=""))  # refuse bad knobs before the first run starts
+            for label, names, on in (("compare", COMPARE, args.compare), ("ablation", ABLATION, args.ablation)):
+                if on:
+                    run_suite(cfg, names, label, replot=args.replot)
+        else:
+            train(cfg, resume=args.resume)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

