@@ -974,6 +974,8 @@ def plot_compare(runs, prefix):
     for name, (header, _, evals) in parsed.items():
         ax.plot([r["flops"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, color=colors.get(name),
                 label=name)
+    vals = [r["val_loss"] for _, _, evals in parsed.values() for r in evals]
+    ax.set_ylim(min(vals) - 0.03, np.percentile(vals, 85) + 0.05)  # the step-0 point would flatten the rest
     ax.set(xlabel="training FLOPs (6 x params x tokens)", ylabel="validation loss (nats/token)",
            title="validation loss against training compute")
     ax.legend(fontsize=8)
