@@ -947,9 +947,11 @@ def plot_compare(runs, prefix):
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.8))
     ref = next((h for h, _, _ in parsed.values() if h["pruning"] != "none"), None)
     for a in (ax, zoom):
-        if ref:
-            a.axvspan(ref["t_p"] * ref["tokens_per_step"] / 1e6, max(ref["t_end"], ref["t_p"] + 1)
-                      * ref["tokens_per_step"] / 1e6, color=PHASE_COLORS["pruning"], label="pruning window", lw=0)
+        if ref and ref["t_end"] > ref["t_p"]:
+            a.axvspan(ref["t_p"] * ref["tokens_per_step"] / 1e6, ref["t_end"] * ref["tokens_per_step"] / 1e6,
+                      color=PHASE_COLORS["pruning"], label="pruning window", lw=0)
+        elif ref:
+            a.axvline(ref["t_p"] * ref["tokens_per_step"] / 1e6, color="#e6550d", lw=1.5, label="one-shot prune")
         for name, (header, train, evals) in parsed.items():
             tok = np.array([r["tokens"] for r in train]) / 1e6
             a.plot(tok, smooth([r["loss"] for r in train]), color=colors.get(name), lw=1.2,
@@ -957,6 +959,8 @@ def plot_compare(runs, prefix):
             a.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o--", ms=3,
                    color=colors.get(name), lw=0.8, label=f"{name} validation")
         a.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)")
+    every = [r["loss"] for _, train, _ in parsed.values() for r in train]
+    ax.set_ylim(min(every) - 0.05, np.percentile(every, 95) + 0.2)  # the first steps would flatten the rest
     ax.set_title("training and validation loss, all pipelines")
     ax.legend(fontsize=7)
     total = max(r["tokens"] for _, train, _ in parsed.values() for r in train[-1:]) / 1e6
@@ -983,8 +987,9 @@ def plot_compare(runs, prefix):
 
     # FFN width against step
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (header, train, _) in parsed.items():
-        ax.plot([r["step"] for r in train], [r["ffn"] for r in train], color=colors.get(name), label=name)
+    for (name, (header, train, _)), style in zip(parsed.items(), ["-", "--", "-.", ":"] * 2):
+        ax.plot([r["step"] for r in train], [r["ffn"] for r in train], style, color=colors.get(name), lw=2,
+                label=name)  # line styles: pipelines that prune alike would otherwise hide one another
     ax.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width during training")
     ax.legend(fontsize=8)
     save(fig, "ffn")
