@@ -709,7 +709,7 @@ def train(cfg, resume=False, stop_after=None):
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         keep = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile")}
         cfg = replace(Config(**ckpt["config"]), **keep)  # the run's own config; only where it runs may change
-    validate(cfg)
+    cfg = validate(replace(cfg))  # a resolved copy: the caller's config is left as it was
     describe(cfg)
     ensure_data(cfg)
     device, ctx = setup_device(cfg)
