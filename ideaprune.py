@@ -278,7 +278,7 @@ class Data:
     def sequential(self, split):
         """Every non-overlapping window of the split, in order: for the final, exact evaluation."""
         arr, T, B = self.split[split], self.cfg.block_size, self.cfg.batch_size
-        starts = np.arange(0, len(arr) - T - 1, T)
+        starts = np.arange(0, len(arr) - T, T)  # a window needs T + 1 tokens: start <= len - T - 1
         for i in range(0, len(starts), B):
             yield self._to_device(arr[starts[i:i + B, None] + np.arange(T + 1)])
 
@@ -773,7 +773,8 @@ def train(cfg, resume=False, stop_after=None):
             k = keep_at(step, cfg)
             if k * cfg.n_layer < sum(int(a.sum()) for a in alive):
                 prune_(model, optimizer, ema, alive, k, cfg)
-            if masked_fraction(alive) > 0 and (masked_fraction(alive) >= cfg.compact_frac or step == t_end):
+            masked = masked_fraction(alive)
+            if masked > 0 and (masked >= cfg.compact_frac or step == t_end):
                 before_w, before_p = model.ffn_widths, model.num_params()
                 compact_(model, optimizer, ema, alive)
                 event(step, f"compacted FFN {np.mean(before_w):.0f} -> {np.mean(model.ffn_widths):.0f} per layer, "
