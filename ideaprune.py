@@ -99,7 +99,15 @@ class Config:
     # system
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"              # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16
-    compile: bool = False            # torch.compile the model (GPU; recompiles after each compaction)
+    compile: bool = False            # torch.compile the model (rebuilt after each compaction)
+
+    def __post_init__(self):
+        # A pipeline is a choice of the two knobs pruning and lr_schedule (PIPELINES below). Fill the ones left
+        # empty here, when the Config is built, so that no function can ever see an unresolved config. To switch
+        # the pipeline of an existing config, clear them too: replace(cfg, pipeline=p, pruning="", lr_schedule="").
+        implied = PIPELINES.get(self.pipeline, ("", ""))
+        self.pruning = self.pruning or implied[0]
+        self.lr_schedule = self.lr_schedule or implied[1]
 
 
 PRESETS = {
@@ -127,15 +135,26 @@ PIPELINES = {                          # (pruning, lr_schedule)
 }
 COMPARE = ("scratch", "integrated", "minitron", "sheared")
 ABLATION = ("resumed", "rewarmed")
-REDUCE = {"mean": lambda t, dim: t.mean(dim), "max": lambda t, dim: t.amax(dim), "sum": lambda t, dim: t.sum(dim)}
+# The values a text knob may take: argparse offers them as choices, and validate checks them.
+CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"),
+           "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
+           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global"), "dtype": ("auto", "float32", "bfloat16")}
 
 
 class ConfigError(ValueError):
     """Bad input, caught before any training; the message says which knob and what to do."""
 
 
+def make_config(preset="cpu", **overrides):
+    """A Config from a preset and overrides, built in one go (so the pipeline's knobs resolve from the overrides)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
 def ffn_sizes(cfg):
-    """(F_t, F_e): the target width and the enlarged width, F_e = e * F_t rounded up to a multiple."""
+    """(F_t, F_e): the target width and the enlarged width, F_e = e * F_t rounded up to a multiple.
+    The round(..., 6) drops float noise first: 1.1 * 3200 / 64 is 55.00000000000001, which would ceil to 56."""
     m = cfg.ffn_multiple
     return cfg.ffn_hidden, m * math.ceil(round(cfg.enlarge * cfg.ffn_hidden / m, 6))
 
@@ -150,22 +169,22 @@ def tokens_per_step(cfg):
     return cfg.batch_size * cfg.block_size * cfg.grad_accum
 
 
+def flops_per_token(n_params, cfg):
+    """Training FLOPs per token, forward + backward, of a model with n_params parameters: 6 per parameter (a
+    multiply-add forward, two backward) plus attention's QK^T and AV, 12 * n_layer * d * T, not halved for the
+    causal mask (the PaLM count that nanoGPT and nanochat use). The run's totals, the summary, the --compare
+    table and MFU all come from here."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
 def validate(cfg):
-    """Resolve the pipeline into its two knobs, then refuse impossible settings with a message that says why."""
+    """Refuse impossible settings with a message that says which knob and why. Checks only: returns cfg as it was."""
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
-    need(cfg.preset in PRESETS, f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
-    need(cfg.pipeline in PIPELINES, f"unknown --pipeline {cfg.pipeline!r}; choose one of {', '.join(PIPELINES)}")
-    cfg.pruning = cfg.pruning or PIPELINES[cfg.pipeline][0]
-    cfg.lr_schedule = cfg.lr_schedule or PIPELINES[cfg.pipeline][1]
-    need(cfg.pruning in ("iterative", "oneshot", "none"), f"unknown --pruning {cfg.pruning!r}: iterative | oneshot | none")
-    need(cfg.lr_schedule in ("unified", "restarted", "rewarm"),
-         f"unknown --lr_schedule {cfg.lr_schedule!r}: unified | restarted | rewarm")
-    for knob in ("f1", "f2"):
-        need(getattr(cfg, knob) in REDUCE, f"unknown --{knob} {getattr(cfg, knob)!r}; choose one of {', '.join(REDUCE)}")
-    need(cfg.ranking in ("layer", "global"), f"unknown --ranking {cfg.ranking!r}: layer | global")
-    need(cfg.dtype in ("auto", "float32", "bfloat16"), f"unknown --dtype {cfg.dtype!r}: auto | float32 | bfloat16")
+    for knob, allowed in CHOICES.items():
+        value = getattr(cfg, knob)
+        need(value in allowed, f"unknown --{knob} {value!r}; choose one of {', '.join(allowed)}")
     for knob in ("batch_size", "grad_accum", "block_size", "n_layer", "n_head", "n_embd", "ffn_hidden",
                  "ffn_multiple", "max_steps", "prune_every", "eval_every", "eval_iters", "log_every", "ckpt_every"):
         need(getattr(cfg, knob) >= 1, f"--{knob} must be at least 1, got {getattr(cfg, knob)}")
@@ -191,37 +210,40 @@ def validate(cfg):
 
 def parse_args(argv=None):
     """Argparse built from the Config fields: each field's type, default and trailing comment become a flag."""
-    helps = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+    # the "# heading" lines of Config become argument groups, and each field's trailing comment its help
+    source = inspect.getsource(Config).split("def __post_init__")[0]
     p = argparse.ArgumentParser(description="IDEA Prune: integrated enlarge -> prune -> recover, one LR schedule.")
-    for f in fields(Config):
-        if f.type is bool:
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=helps[f.name])
+    group, types = p, {f.name: f.type for f in fields(Config)}
+    for heading, name, default, help_ in re.findall(r"^    (?:# (.+)|(\w+): \w+ = (.+?)\s+# (.+))$", source, re.M):
+        if heading:
+            group = p.add_argument_group(heading)
+        elif types[name] is bool:
+            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            p.add_argument(f"--{f.name}", type=f.type, default=None, help=f"{helps[f.name]} (default {f.default!r})")
+            group.add_argument(f"--{name}", type=types[name], default=None, choices=CHOICES.get(name),
+                               help=f"{help_} (default {default})")
+    assert len(p.parse_args([]).__dict__) == len(types), "every Config field needs a trailing # comment (its help)"
     p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt")
     p.add_argument("--compare", action="store_true", help=f"run {', '.join(COMPARE)}; then figures and a table")
-    p.add_argument("--ablation", action="store_true", help=f"run {', '.join(ABLATION)} (resumed vs restarted LR)")
+    p.add_argument("--ablation", action="store_true",
+                   help=f"run {', '.join(ABLATION)}: one-shot prune, then the LR resumed vs rewarmed")
     p.add_argument("--replot", action="store_true", help="with --compare/--ablation: only redraw from the logs")
     p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
     args = p.parse_args(argv)
-    preset = args.preset or Config.preset
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = Config(**PRESETS[preset])
-    cfg = replace(cfg, **{f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None})
-    return cfg, args
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    return make_config(given.pop("preset", Config.preset), **given), args
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 2. Data: uint16 token files, random windows (nanoGPT) ----
 # ---------------------------------------------------------------------------------------------------------------
-def data_dir(cfg):
+def dataset_path(cfg):
     return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
 
 
 def ensure_data(cfg):
     """Prepare the embedded Shakespeare data on first use; for anything else, say the command that prepares it."""
-    d = data_dir(cfg)
+    d = dataset_path(cfg)
     missing = [f for f in ("train.bin", "val.bin") if not os.path.exists(os.path.join(d, f))]
     prepare = os.path.join("data", cfg.dataset, "prepare.py")
     if missing and cfg.dataset == "shakespeare" and not cfg.data_dir:
@@ -244,7 +266,7 @@ def ensure_data(cfg):
 
 def tokenizer(cfg):
     """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
-    meta_path = os.path.join(data_dir(cfg), "meta.json")
+    meta_path = os.path.join(dataset_path(cfg), "meta.json")
     kind = json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
     if kind == "gpt2":
         import tiktoken  # imported here: it fetches its vocabulary file on first use
@@ -258,8 +280,8 @@ class Data:
 
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
-        self.split = {s: np.memmap(os.path.join(data_dir(cfg), f"{s}.bin"), dtype=np.uint16, mode="r")
-                      for s in ("train", "val")}
+        self.tokens = {s: np.memmap(os.path.join(dataset_path(cfg), f"{s}.bin"), dtype=np.uint16, mode="r")
+                       for s in ("train", "val")}
         self.gen = torch.Generator().manual_seed(cfg.seed)  # the same seed -> the same batches in every pipeline
 
     def _to_device(self, buf):
@@ -271,13 +293,13 @@ class Data:
         return buf[:, :-1], buf[:, 1:]  # x, y: (B, T) each, y = x shifted left by one
 
     def batch(self, split, gen=None):
-        arr, T = self.split[split], self.cfg.block_size
+        arr, T = self.tokens[split], self.cfg.block_size
         ix = torch.randint(len(arr) - T, (self.cfg.batch_size,), generator=gen or self.gen).numpy()
         return self._to_device(arr[ix[:, None] + np.arange(T + 1)])
 
     def sequential(self, split):
         """Every non-overlapping window of the split, in order: for the final, exact evaluation."""
-        arr, T, B = self.split[split], self.cfg.block_size, self.cfg.batch_size
+        arr, T, B = self.tokens[split], self.cfg.block_size, self.cfg.batch_size
         starts = np.arange(0, len(arr) - T, T)  # a window needs T + 1 tokens: start <= len - T - 1
         for i in range(0, len(starts), B):
             yield self._to_device(arr[starts[i:i + B, None] + np.arange(T + 1)])
@@ -339,9 +361,13 @@ class SwiGLU(nn.Module):
     def width(self):
         return self.up.weight.shape[0]
 
+    def neuron_linears(self):
+        """(linear, the dim of its weight that indexes neurons), for up, gate, down: the one place that says which
+        axis is a neuron. The importance, the masks and the compaction all walk over it."""
+        return (self.up, 0), (self.gate, 0), (self.down, 1)
+
     def neuron_weights(self):
-        """(weight, the dim that indexes neurons): what the importance, the masks and the compaction walk over."""
-        return (self.up.weight, 0), (self.gate.weight, 0), (self.down.weight, 1)
+        return [(lin.weight, dim) for lin, dim in self.neuron_linears()]
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -394,19 +420,19 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     @torch.no_grad()
-    def compact_ffn(self, keep):
-        """Model surgery: keep only neurons keep[l] (sorted indices) of layer l, as new, smaller Parameters.
+    def compact_ffn(self, survivors):
+        """Model surgery: layer l keeps only its neurons survivors[l] (sorted indices), as new, smaller Parameters.
         Returns (layer, old, new, dim) for every replaced weight, so an optimizer can move its state (section 7)."""
-        assert len(keep) == len(self.blocks)
+        assert len(survivors) == len(self.blocks)
         d, replaced = self.tok_emb.weight.shape[1], []
-        for layer, (block, idx) in enumerate(zip(self.blocks, keep)):
+        for layer, (block, idx) in enumerate(zip(self.blocks, survivors)):
             ffn, n = block.ffn, idx.numel()
             assert idx.dim() == 1 and 0 < n <= ffn.width and int(idx.max()) < ffn.width
-            for lin, dim in ((ffn.up, 0), (ffn.gate, 0), (ffn.down, 1)):  # up, gate: (F, d); down: (d, F)
+            for lin, dim in ffn.neuron_linears():  # up, gate: (F, d), neurons on dim 0; down: (d, F), on dim 1
                 new = nn.Parameter(lin.weight.index_select(dim, idx))
                 replaced.append((layer, lin.weight, new, dim))
                 lin.weight = new
-            ffn.up.out_features = ffn.gate.out_features = ffn.down.in_features = n
+                setattr(lin, "out_features" if dim == 0 else "in_features", n)
             assert ffn.up.weight.shape == ffn.gate.weight.shape == (n, d) and ffn.down.weight.shape == (d, n)
         return replaced
 
@@ -433,28 +459,35 @@ def warmup_cosine(i, n, cfg):
 
 
 def lr_stages(cfg):
-    """The (start, end) of each LR stage; a stage is active from its start until the next stage starts.
+    """The (start, horizon) of each LR stage: a stage warms up from its start and its cosine reaches eta_e at its
+    horizon; it is the active stage from its start until the next stage starts.
     unified:   one cosine over the whole run: the LR never rises again after warmup (IDEA Prune).
     restarted: every pipeline stage (enlarged | pruning | recovery) gets its own warmup + cosine to eta_e.
-    rewarm:    the unified cosine until t_p, then a fresh warmup + cosine to the end (the ablation's arm)."""
+    rewarm:    the unified cosine until t_p, then a fresh warmup + cosine to the end (the ablation's rewarmed arm)."""
     T = cfg.max_steps
     if cfg.pruning == "none" or cfg.lr_schedule == "unified":
         return [(0, T)]
     t_p, t_end = phase_steps(cfg)
     if cfg.lr_schedule == "rewarm":
         return [(0, T), (t_p, T)]
-    starts = sorted({0, t_p, t_end} - {T})
+    assert cfg.lr_schedule == "restarted", cfg.lr_schedule
+    starts = sorted({0, t_p, t_end} - {T})  # a set: one-shot (t_end = t_p) has two stages, not an empty third
     return list(zip(starts, starts[1:] + [T]))
 
 
 def lr_at(step, cfg):
-    start, end = [s for s in lr_stages(cfg) if s[0] <= step][-1]
-    return warmup_cosine(step - start, end - start, cfg)
+    start, horizon = [s for s in lr_stages(cfg) if s[0] <= step][-1]
+    return warmup_cosine(step - start, horizon - start, cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 5. Importance: sensitivity |W * dW| reduced per neuron (f1), an EMA, combined across matrices (f2) ----
 # ---------------------------------------------------------------------------------------------------------------
+# f1 reduces each neuron's entries within one matrix; f2 combines a neuron's three matrices. "mean-max" = f1 mean,
+# f2 max (the paper's best, its Figure 4b).
+REDUCE = {"mean": lambda t, dim: t.mean(dim), "max": lambda t, dim: t.amax(dim), "sum": lambda t, dim: t.sum(dim)}
+
+
 @torch.no_grad()
 def sensitivity(ffn, f1):
     """I = |W * dW| for W_up, W_gate, W_down, reduced by f1 over each neuron's entries: (3, F).
@@ -463,16 +496,17 @@ def sensitivity(ffn, f1):
 
 
 @torch.no_grad()
-def update_importance(ema, model, cfg):
-    """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors (3 * F floats per layer).
-    For a linear f1 (mean, sum) this is exactly the per-element EMA, reduced afterwards."""
-    for e, block in zip(ema, model.blocks):
-        e.mul_(cfg.ema_beta).add_(sensitivity(block.ffn, cfg.f1).float(), alpha=1 - cfg.ema_beta)
+def update_importance(importance, model, cfg):
+    """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors: importance[l] is (3, F_l), the EMA
+    of layer l's up, gate, down scores. For a linear f1 (mean, sum) this is exactly the per-element EMA, reduced
+    afterwards; for f1 = max it is the EMA of the per-step max (3 * F floats per layer instead of a weight copy)."""
+    for imp, block in zip(importance, model.blocks):
+        imp.mul_(cfg.ema_beta).add_(sensitivity(block.ffn, cfg.f1).float(), alpha=1 - cfg.ema_beta)
 
 
-def neuron_scores(ema, f2):
-    """One score per neuron: f2 over its up/gate/down EMAs. "mean-max" = f1 mean, f2 max (the paper's best)."""
-    return [REDUCE[f2](e, 0) for e in ema]
+def neuron_scores(importance, f2):
+    """One score per neuron: f2 over its up/gate/down EMAs."""
+    return [REDUCE[f2](imp, 0) for imp in importance]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -494,6 +528,17 @@ def keep_at(step, cfg):
     return min(F_e, max(F_t, round(r * F_e)))
 
 
+# When the masks and the importance change, relative to each other (the contract the loop in section 10 keeps):
+#  - the importance is tracked in the steps [t_p - ema_warmup, t_end): after each of those steps' backward pass;
+#  - the masks change at the start of a prune step s, before its forward pass, so they use the importance
+#    through step s - 1 (the step that is about to run cannot have been scored yet);
+#  - r(t_p) = 1, so the first prune step t_p removes nothing: pruning really starts at t_p + 1, with ema_warmup + 1
+#    steps of history; at t_end the masks reach F_t and the tracking stops.
+def tracks_importance(step, cfg):
+    t_p, t_end = phase_steps(cfg)
+    return cfg.pruning != "none" and t_p - cfg.ema_warmup <= step < t_end
+
+
 def is_prune_step(step, cfg):
     t_p, t_end = phase_steps(cfg)
     return cfg.pruning != "none" and t_p <= step <= t_end and ((step - t_p) % cfg.prune_every == 0 or step == t_end)
@@ -509,24 +554,27 @@ def zero_neurons_(model, optimizer, dead):
         if idx.numel():
             for w, dim in block.ffn.neuron_weights():
                 state = optimizer.state.get(w, {})
-                for t in [w] + [state[k] for k in ("exp_avg", "exp_avg_sq") if k in state]:
+                for t in [w] + [state[m] for m in ("exp_avg", "exp_avg_sq") if m in state]:
                     t.index_fill_(dim, idx, 0.0)
 
 
 @torch.no_grad()
-def prune_(model, optimizer, ema, alive, k, cfg):
+def prune_(model, optimizer, importance, alive, k, cfg):
     """Shrink the alive masks to the k best neurons per layer (ranking "layer") or the k * n_layer best overall
     (ranking "global"). Only alive neurons compete, so masks only ever shrink. Returns the neurons removed."""
-    scores = [s.masked_fill(~a, -float("inf")) for s, a in zip(neuron_scores(ema, cfg.f2), alive)]
+    n_alive = [int(a.sum()) for a in alive]
+    if k * len(alive) >= sum(n_alive):
+        return 0  # nothing to remove at this step (always so at t_p, where r(t_p) = 1)
+    scores = [s.masked_fill(~a, -float("inf")) for s, a in zip(neuron_scores(importance, cfg.f2), alive)]
     if cfg.ranking == "layer":
-        keep = [s.topk(min(k, int(a.sum()))).indices for s, a in zip(scores, alive)]
+        survivors = [s.topk(min(k, n)).indices for s, n in zip(scores, n_alive)]
     else:
         for s in scores:  # each layer keeps at least its best neuron, so no layer can vanish
             s[s.argmax()] = float("inf")
-        top = torch.cat(scores).topk(min(k * len(scores), sum(int(a.sum()) for a in alive))).indices
+        top = torch.cat(scores).topk(k * len(scores)).indices
         offsets = np.cumsum([0] + [len(s) for s in scores])
-        keep = [top[(top >= lo) & (top < hi)] - lo for lo, hi in zip(offsets[:-1], offsets[1:])]
-    new_alive = [torch.zeros_like(a).index_fill_(0, kp, True) for a, kp in zip(alive, keep)]
+        survivors = [top[(top >= lo) & (top < hi)] - lo for lo, hi in zip(offsets[:-1], offsets[1:])]
+    new_alive = [torch.zeros_like(a).index_fill_(0, idx, True) for a, idx in zip(alive, survivors)]
     dead = [a & ~n for a, n in zip(alive, new_alive)]
     zero_neurons_(model, optimizer, dead)
     alive[:] = new_alive
@@ -537,24 +585,24 @@ def prune_(model, optimizer, ema, alive, k, cfg):
 # ---- 7. Compaction: slice pruned neurons out of the weights and the AdamW state ----
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def compact_(model, optimizer, ema, alive):
+def compact_(model, optimizer, importance, alive):
     """Physically remove masked neurons: rows of W_up / W_gate, columns of W_down, the same entries of AdamW's
     exp_avg and exp_avg_sq (its step counter is kept), and of the importance EMA. Afterwards the model is
     exactly a model built at the smaller widths: same outputs as the masked one, same speed as a fresh one."""
-    keep = [a.nonzero().squeeze(1) for a in alive]
-    replaced = model.compact_ffn(keep)
+    survivors = [a.nonzero().squeeze(1) for a in alive]
+    replaced = model.compact_ffn(survivors)
     new_of = {id(old): new for _, old, new, _ in replaced}
     for layer, old, new, dim in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced
         state = optimizer.state.pop(old, {})
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in state:
-                state[k] = state[k].index_select(dim, keep[layer])
+        for m in ("exp_avg", "exp_avg_sq"):
+            if m in state:
+                state[m] = state[m].index_select(dim, survivors[layer])
         if state:
             optimizer.state[new] = state
     for group in optimizer.param_groups:
         group["params"] = [new_of.get(id(p), p) for p in group["params"]]
-    ema[:] = [e[:, idx] for e, idx in zip(ema, keep)]
-    alive[:] = [torch.ones(idx.numel(), dtype=torch.bool, device=idx.device) for idx in keep]
+    importance[:] = [imp[:, idx] for imp, idx in zip(importance, survivors)]  # the survivors' scores, not a prefix
+    alive[:] = [torch.ones(idx.numel(), dtype=torch.bool, device=idx.device) for idx in survivors]
 
 
 def masked_fraction(alive):
@@ -605,22 +653,35 @@ def sample(model, cfg, device, ctx):
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 9. Checkpoints: tensors and plain types only, written atomically ----
 # ---------------------------------------------------------------------------------------------------------------
-def save_checkpoint(path, model, optimizer, ema, alive, data, cfg, progress):
-    """Everything exact resume needs. Loadable with torch.load(path, weights_only=True)."""
+def save_checkpoint(run, step):
+    """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True)."""
     ckpt = {
-        "model": model.state_dict(),
-        "widths": model.ffn_widths,            # build GPT(cfg, widths) before load_state_dict
-        "optimizer": optimizer.state_dict(),
-        "importance": [e.cpu() for e in ema],  # (3, F_l): EMA of up, gate, down scores
-        "alive": [a.cpu() for a in alive],     # (F_l,) bool masks
-        "config": asdict(cfg),
-        "progress": progress,                  # step, tokens, flops by phase, wall time so far
-        "rng": {"torch": torch.get_rng_state(), "data": data.gen.get_state(),
+        "model": run.raw_model.state_dict(),
+        "widths": run.raw_model.ffn_widths,          # build GPT(cfg, widths) before load_state_dict
+        "optimizer": run.optimizer.state_dict(),
+        "importance": [imp.cpu() for imp in run.importance],  # (3, F_l): EMA of the up, gate, down scores
+        "alive": [a.cpu() for a in run.alive],       # (F_l,) bool masks
+        "config": asdict(run.cfg),
+        "progress": {**run.progress, "step": step},  # step: where a resumed run starts; tokens, FLOPs, wall time
+        "rng": {"torch": torch.get_rng_state(), "data": run.data.gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a torn ckpt.pt
+    path = os.path.join(run.cfg.out_dir, "ckpt.pt")
+    torch.save(ckpt, path + ".tmp")
+    os.replace(path + ".tmp", path)  # atomic: a crash mid-write never leaves a torn ckpt.pt
+
+
+def restore_checkpoint(run, ckpt):
+    """Load a checkpoint's state into a run built at the checkpoint's widths: exactly where it stopped."""
+    run.raw_model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.importance = [imp.to(run.device) for imp in ckpt["importance"]]
+    run.alive = [a.to(run.device) for a in ckpt["alive"]]
+    run.progress = ckpt["progress"]
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    run.data.gen.set_state(ckpt["rng"]["data"])
+    if ckpt["rng"]["cuda"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
 def load_model(path, device="cpu"):
@@ -636,7 +697,7 @@ def load_model(path, device="cpu"):
 # ---- 10. Training loop: enlarged -> pruning -> recovery, one AdamW, no reset ----
 # ---------------------------------------------------------------------------------------------------------------
 class Diverged(RuntimeError):
-    """The loss became NaN or inf; the last checkpoint on disk is left as it was."""
+    """The loss or the gradient norm became NaN or inf; no update was applied and no checkpoint written."""
 
 
 def setup_device(cfg):
@@ -676,14 +737,13 @@ def describe(cfg):
     F_t, F_e = ffn_sizes(cfg)
     t_p, t_end = phase_steps(cfg)
     tps, T = tokens_per_step(cfg), cfg.max_steps
-    print("config:", " ".join(f"{k}={v}" for k, v in asdict(cfg).items()))
+    print("config:", json.dumps(asdict(cfg), indent=1))
     with torch.device("meta"):  # parameter counts without allocating memory (the 300m preset is large)
-        sizes = {w: GPT(cfg, [w] * cfg.n_layer) for w in (F_e, F_t)}
+        sizes = {w: GPT(cfg, [w] * cfg.n_layer).num_params() for w in (F_e, F_t)}
     for name, w in (("enlarged", F_e), ("target", F_t)):
-        m = sizes[w]
-        ffn = sum(p.numel() for b in m.blocks for p in b.ffn.parameters())
-        print(f"{name:8s} model: FFN {w:5d} per layer | {fmt_params(m.num_params())} params, "
-              f"FFN {fmt_params(ffn)} ({100 * ffn / m.num_params():.0f}%)")
+        n, ffn_params = sizes[w], 3 * cfg.n_embd * w * cfg.n_layer
+        print(f"{name:8s} model: FFN {w:5d} per layer | {fmt_params(n)} params, FFN {fmt_params(ffn_params)} "
+              f"({100 * ffn_params / n:.0f}%) | {flops_per_token(n, cfg) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
           f"{tps * T / 1e6:.2f}M in {T} steps")
     if cfg.pruning == "none":
@@ -700,151 +760,212 @@ def read_log(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def train(cfg, resume=False, stop_after=None):
-    """One run of a pipeline. Returns its final record. stop_after=k checkpoints at step k and returns (tests)."""
+class RunLog:
+    """out_dir/log.jsonl, what the plots read: a header (the config and the phase boundaries), then one record
+    per step, per evaluation and per event, and a final record. On resume, the records from the checkpoint's
+    step on are dropped: the resumed run writes them again, identically."""
+
+    def __init__(self, cfg, resume_step=None):
+        self.path = os.path.join(cfg.out_dir, "log.jsonl")
+        if resume_step is None:
+            F_t, F_e = ffn_sizes(cfg)
+            t_p, t_end = phase_steps(cfg)
+            records = [{"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p, "t_end": t_end,
+                        "tokens_per_step": tokens_per_step(cfg), "lr_stages": lr_stages(cfg)}]
+        else:  # a final record has no step: it goes too, so a resumed finished run has one final record
+            records = [r for r in read_log(self.path) if r["kind"] == "config" or r.get("step", 1e99) < resume_step]
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        self.file = open(self.path, "a")
+
+    def write(self, kind, **record):
+        self.file.write(json.dumps({"kind": kind, **record}) + "\n")
+
+    def event(self, step, what):
+        print(f"step {step:5d} | {what}")
+        self.write("event", step=step, what=what)
+
+    def close(self):
+        self.file.close()
+
+
+@dataclass
+class Run:
+    """The state of one run: what the loop carries from step to step, and what a checkpoint holds."""
+    cfg: Config
+    device: torch.device
+    ctx: object                       # autocast context (bf16 on CUDA) or a no-op
+    data: Data
+    raw_model: GPT                    # the plain model: surgery, importance, checkpoints (train's `model` wraps it)
+    optimizer: torch.optim.Optimizer  # the one AdamW of the whole run, never reset
+    importance: list                  # per layer (3, F_l): EMA of the up, gate, down scores (section 5)
+    alive: list                       # per layer (F_l,) bool: monotone masks (section 6)
+    progress: dict                    # tokens, FLOPs per phase, wall time; "step": where this run started
+    log: RunLog = None
+    n_alive: list = None              # alive neurons per layer, counted on prune steps only (no sync per step)
+    t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
+
+
+def start_run(cfg, resume):
+    """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
+    out_dir/ckpt.pt, after checking the config and the data and printing what the run will do."""
+    ckpt = None
     if resume:
-        ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-        if not os.path.exists(ckpt_path):
-            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        keep = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile")}
-        cfg = replace(Config(**ckpt["config"]), **keep)  # the run's own config; only where it runs may change
-    cfg = validate(replace(cfg))  # a resolved copy: the caller's config is left as it was
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        if not os.path.exists(path):
+            raise ConfigError(f"--resume: no checkpoint at {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        where = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile")}
+        cfg = replace(Config(**ckpt["config"]), **where)  # the run's own config; only where it runs may change
+    validate(cfg)
     describe(cfg)
     ensure_data(cfg)
     device, ctx = setup_device(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    F_t, F_e = ffn_sizes(cfg)
+    widths = ckpt["widths"] if ckpt else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
+    torch.manual_seed(cfg.seed)
+    raw_model = GPT(cfg, widths).to(device)
+    run = Run(cfg, device, ctx, Data(cfg, device), raw_model, make_optimizer(raw_model, cfg, device),
+              importance=[torch.zeros(3, w, device=device) for w in widths],
+              alive=[torch.ones(w, dtype=torch.bool, device=device) for w in widths],
+              progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "params_start": raw_model.num_params()})
+    if ckpt:
+        restore_checkpoint(run, ckpt)
+        print(f"resumed from {os.path.join(cfg.out_dir, 'ckpt.pt')} at step {run.progress['step']}")
+    run.n_alive = [int(a.sum()) for a in run.alive]
+    run.log = RunLog(cfg, resume_step=run.progress["step"] if ckpt else None)
+    run.t0 = time.time() - run.progress["wall_s"]
+    return run
+
+
+def wrap(raw_model, cfg):
+    """The model the step calls: raw_model itself, or torch.compile of it. Rebuilt after every compaction,
+    because compaction replaces Parameters that a wrapper holds on to."""
+    return torch.compile(raw_model) if cfg.compile else raw_model
+
+
+def evaluate(run, model, step):
+    est = estimate_loss(model, run.data, run.cfg, run.ctx)
+    print(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
+    run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
+                  train_loss=est["train"], val_loss=est["val"])
+
+
+def prune_and_compact(run, step):
+    """A prune step (section 6's contract): shrink the masks to keep_at(step) neurons per layer, using the
+    importance through step - 1, then compact (section 7) once compact_frac of a layer is masked, and always at
+    t_end. Returns True when Parameters were replaced, so the wrapped model must be rebuilt."""
+    cfg, model = run.cfg, run.raw_model
     F_t, F_e = ffn_sizes(cfg)
     t_p, t_end = phase_steps(cfg)
-    T, tps = cfg.max_steps, tokens_per_step(cfg)
-
-    torch.manual_seed(cfg.seed)
-    data = Data(cfg, device)
-    widths = ckpt["widths"] if resume else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
-    model = GPT(cfg, widths).to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    ema = [torch.zeros(3, w, device=device) for w in widths]            # importance EMA per layer
-    alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]  # monotone masks per layer
-    progress = {"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "params_start": model.num_params()}
-    if resume:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema = [e.to(device) for e in ckpt["importance"]]
-        alive = [a.to(device) for a in ckpt["alive"]]
-        progress = ckpt["progress"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        data.gen.set_state(ckpt["rng"]["data"])
-        if ckpt["rng"]["cuda"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        # drop log lines written after the checkpoint: they will be written again, identically
-        records = [r for r in read_log(log_path) if r.get("step", 0) < progress["step"] or r["kind"] == "config"]
-        with open(log_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        print(f"resumed from {ckpt_path} at step {progress['step']}")
-        del ckpt
-    else:
-        with open(log_path, "w") as f:  # the header the plots read: config and phase boundaries
-            f.write(json.dumps({"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p,
-                                "t_end": t_end, "tokens_per_step": tps, "lr_stages": lr_stages(cfg)}) + "\n")
-    log = open(log_path, "a")
-    fwd = torch.compile(model) if cfg.compile else model  # after a compaction, a compiled model re-specializes
-
-    def checkpoint(step):
-        save_checkpoint(ckpt_path, model, optimizer, ema, alive, data, cfg, {**progress, "step": step})
-
-    def event(step, msg):
-        print(f"step {step:5d} | {msg}")
-        log.write(json.dumps({"kind": "event", "step": step, "what": msg}) + "\n")
-
-    start_step, t0 = progress["step"], time.time() - progress["wall_s"]
-    for step in range(start_step, T + 1):
-        # -- once in a while, before the step: evaluate, prune, compact, checkpoint --
-        if step % cfg.eval_every == 0 or step == T:
-            est = estimate_loss(fwd, data, cfg, ctx)
-            print(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
-            log.write(json.dumps({"kind": "eval", "step": step, "tokens": progress["tokens"],
-                                  "flops": sum(progress["flops"].values()), "train_loss": est["train"],
-                                  "val_loss": est["val"]}) + "\n")
-        if is_prune_step(step, cfg):
-            if step == t_p:
-                event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, "
+    if step == t_p:
+        run.log.event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, "
                             f"lambda {cfg.ema_beta}): FFN {F_e} -> {F_t} per layer by step {t_end}")
-            k = keep_at(step, cfg)
-            if k * cfg.n_layer < sum(int(a.sum()) for a in alive):
-                prune_(model, optimizer, ema, alive, k, cfg)
-            masked = masked_fraction(alive)
-            if masked > 0 and (masked >= cfg.compact_frac or step == t_end):
-                before_w, before_p = model.ffn_widths, model.num_params()
-                compact_(model, optimizer, ema, alive)
-                event(step, f"compacted FFN {np.mean(before_w):.0f} -> {np.mean(model.ffn_widths):.0f} per layer, "
+    prune_(model, run.optimizer, run.importance, run.alive, keep_at(step, cfg), cfg)
+    run.n_alive = [int(a.sum()) for a in run.alive]
+    masked = masked_fraction(run.alive)
+    compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
+    if compacted:
+        before_w, before_p = model.ffn_widths, model.num_params()
+        compact_(model, run.optimizer, run.importance, run.alive)
+        run.log.event(step, f"compacted FFN {np.mean(before_w):.0f} -> {np.mean(model.ffn_widths):.0f} per layer, "
                             f"{fmt_params(before_p)} -> {fmt_params(model.num_params())} params")
-            if step == t_end:
-                event(step, f"pruning done, recovery from here: FFN widths {model.ffn_widths}")
-        if step > start_step and (step % cfg.ckpt_every == 0 or step == T or step == stop_after):
-            checkpoint(step)
-        if step == T or step == stop_after:
-            break
+    if step == t_end:
+        run.log.event(step, f"pruning done, recovery from here: FFN widths {model.ffn_widths}")
+    return compacted
 
-        # -- one optimization step: accumulate gradients, score neurons, clip, AdamW --
-        t_step = time.time()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = data.batch("train")
-            with ctx:
-                _, loss = fwd(x, y)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item()
-        loss_val = loss_sum / cfg.grad_accum
-        if not math.isfinite(loss_val):
-            log.close()
-            raise Diverged(f"loss is {loss_val} at step {step}; stopped. The last checkpoint ({ckpt_path}) is "
-                           f"from before this and was not touched: lower --lr or raise --warmup_steps")
-        if cfg.pruning != "none" and t_p - cfg.ema_warmup <= step < t_end:
-            update_importance(ema, model, cfg)  # on the accumulated gradient, before clipping rescales it
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        # -- bookkeeping and one log line --
-        phase, n_params = phase_of(step, cfg), model.num_params()
-        progress["tokens"] += tps
-        progress["flops"][phase] = progress["flops"].get(phase, 0.0) + 6.0 * n_params * tps  # ~6 N D
-        now = time.time()
-        dt = now - t_step
-        ffn = float(np.mean([int(a.sum()) for a in alive]))
-        log.write(json.dumps({"kind": "train", "step": step, "tokens": progress["tokens"], "loss": loss_val,
-                              "lr": lr, "ffn": ffn, "params": n_params, "phase": phase, "ms": 1000 * dt,
-                              "flops": sum(progress["flops"].values())}) + "\n")
-        if step % cfg.log_every == 0 or step == T - 1:
-            print(f"step {step:5d}/{T} | loss {loss_val:.4f} | lr {lr:.1e} | ffn {ffn:.0f}->{F_t} | "
-                  f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | {tps / dt / 1e3:5.1f}k tok/s")
-            log.flush()
-        progress["wall_s"] = now - t0
+def train_step(run, model, step):
+    """One optimization step: accumulate gradients over grad_accum micro-batches, track the importance, clip,
+    check, AdamW. Returns (lr, loss, gradient norm, seconds); the loss and the norm cross to the host once."""
+    cfg, optimizer = run.cfg, run.optimizer
+    t_start = time.perf_counter()
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    x, y = run.data.batch("train")
+    for micro in range(cfg.grad_accum):
+        with run.ctx:
+            _, loss = model(x, y)
+        if micro + 1 < cfg.grad_accum:  # fetch the next batch while the device works on this one
+            x, y = run.data.batch("train")
+        (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    if tracks_importance(step, cfg):
+        update_importance(run.importance, run.raw_model, cfg)  # the accumulated gradient, before clipping
+    norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
+    loss, norm = torch.stack([loss_sum / cfg.grad_accum, norm.float()]).tolist()  # the one host sync
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise Diverged(f"loss is {loss}, gradient norm {norm} at step {step}; stopped before the update. The last "
+                       f"checkpoint in {cfg.out_dir} is from before this: lower --lr or raise --warmup_steps")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()  # the clock must see the device's work, not only its queueing
+    return lr, loss, norm, time.perf_counter() - t_start
 
-    if stop_after is not None and stop_after < T:
-        log.close()
-        return None
-    # -- the end: exact validation loss, a summary, a sample from the pruned model, the run's figure --
-    val = evaluate_full(fwd, data, ctx)
-    final = {"kind": "final", "pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val),
-             "params": model.num_params(), "widths": model.ffn_widths, "tokens": progress["tokens"],
+
+def log_step(run, step, lr, loss, norm, dt):
+    """Count the step's tokens and FLOPs (at the physical size: masked, not yet compacted neurons still cost),
+    write its record, and print one line every log_every steps."""
+    cfg, progress = run.cfg, run.progress
+    phase, n_params, tps = phase_of(step, cfg), run.raw_model.num_params(), tokens_per_step(cfg)
+    progress["tokens"] += tps
+    progress["flops"][phase] = progress["flops"].get(phase, 0.0) + flops_per_token(n_params, cfg) * tps
+    progress["wall_s"] = time.time() - run.t0
+    alive_width = float(np.mean(run.n_alive))
+    run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, ffn=alive_width,
+                  params=n_params, phase=phase, ms=1000 * dt, flops=sum(progress["flops"].values()))
+    if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+        print(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
+              f"ffn {alive_width:.0f}->{ffn_sizes(cfg)[0]} | params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | "
+              f"{tps / dt / 1e3:5.1f}k tok/s")
+
+
+def finish_run(run, model):
+    """The end: the exact validation loss over the whole split, the final record, a summary and a sample."""
+    cfg, progress = run.cfg, run.progress
+    val = evaluate_full(model, run.data, run.ctx)
+    final = {"pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val), "params": run.raw_model.num_params(),
+             "widths": run.raw_model.ffn_widths, "tokens": progress["tokens"],
              "flops": sum(progress["flops"].values()), "flops_by_phase": progress["flops"],
              "wall_s": progress["wall_s"]}
-    log.write(json.dumps(final) + "\n")
-    log.close()
-    print(f"done: {cfg.pipeline} | val loss {val:.4f} | ppl {math.exp(val):.2f} | params {fmt_params(progress['params_start'])}"
-          f" -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M tokens | "
-          f"{final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())}) | "
-          f"{final['wall_s']:.0f} s")
+    run.log.write("final", **final)
+    print(f"done: {cfg.pipeline} | val loss {val:.4f} | ppl {math.exp(val):.2f} | params "
+          f"{fmt_params(progress['params_start'])} -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M "
+          f"tokens | {final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())})"
+          f" | {final['wall_s']:.0f} s")
     if cfg.sample_tokens:
-        print("sample from the final model:\n" + sample(model, cfg, device, ctx))
-    plot_run(read_log(log_path), os.path.join(cfg.plot_dir, f"{cfg.pipeline}.png"))
-    return final
+        print("sample from the final model:\n" + sample(run.raw_model, cfg, run.device, run.ctx))
+    return {"kind": "final", **final}
+
+
+def train(cfg, resume=False, stop_after=None):
+    """One run of a pipeline; returns its final record. stop_after=k checkpoints at step k and returns None."""
+    run = start_run(cfg, resume)
+    cfg, start = run.cfg, run.progress["step"]
+    try:
+        model = wrap(run.raw_model, cfg)  # raw_model: surgery and checkpoints; model: forward and backward
+        for step in range(start, cfg.max_steps + 1):  # one extra iteration at T: it only evaluates and saves
+            last_step = step == cfg.max_steps
+            stop = last_step or step == stop_after
+            # -- once in a while, before the step: evaluate, prune and compact, checkpoint --
+            if step % cfg.eval_every == 0 or last_step:
+                evaluate(run, model, step)
+            if is_prune_step(step, cfg) and prune_and_compact(run, step):
+                model = wrap(run.raw_model, cfg)  # new Parameters: the compiled graph (and DDP) must follow
+            if step > start and (step % cfg.ckpt_every == 0 or stop):
+                save_checkpoint(run, step)
+            if stop:
+                break
+            # -- one optimization step, then its log line --
+            lr, loss, norm, dt = train_step(run, model, step)
+            log_step(run, step, lr, loss, norm, dt)
+        return finish_run(run, model) if last_step else None
+    finally:
+        run.log.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -860,7 +981,7 @@ def _plt():
     return plt
 
 
-def _split(records):
+def parse_log(records):
     header = next(r for r in records if r["kind"] == "config")
     return header, [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
 
@@ -889,7 +1010,7 @@ def smooth(values, window=25):
 def plot_run(records, path):
     """One run: LR with its phases (top), train/val loss against tokens (middle), FFN width (bottom)."""
     plt = _plt()
-    header, train, evals = _split(records)
+    header, train, evals = parse_log(records)
     steps = [r["step"] for r in train]
     fig, (ax_lr, ax_loss, ax_ffn) = plt.subplots(3, 1, figsize=(8, 10))
     shade_phases(ax_lr, header)
@@ -923,7 +1044,7 @@ def plot_compare(runs, prefix):
     plt = _plt()
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     colors = dict(zip(PIPELINES, ["#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
-    parsed = {name: _split(recs) for name, recs in runs.items()}
+    parsed = {name: parse_log(recs) for name, recs in runs.items()}
     written = []
 
     def save(fig, name):
@@ -1012,6 +1133,14 @@ def results_table(runs):
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 12. Main: one run, or a suite of runs (--compare, --ablation) with figures and a results table ----
 # ---------------------------------------------------------------------------------------------------------------
+def train_and_plot(cfg, resume=False):
+    """A run, then its figure. The plot is drawn here, not in train(), so tests and notebooks train without
+    matplotlib."""
+    final = train(cfg, resume)
+    plot_run(read_log(os.path.join(cfg.out_dir, "log.jsonl")), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
+    return final
+
+
 def run_suite(cfg, names, label, replot=False):
     """Train each named pipeline from the same seed and data order, each into out_dir/<name>, then compare."""
     runs = {}
@@ -1021,7 +1150,7 @@ def run_suite(cfg, names, label, replot=False):
         log_path = os.path.join(sub.out_dir, "log.jsonl")
         if not replot:
             print(f"\n==== {label}: {name} ====")
-            train(sub)
+            train_and_plot(sub)
         if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
             raise ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
         runs[name] = read_log(log_path)
@@ -1046,20 +1175,20 @@ def benchmark(cfg, steps=20, rounds=3):
         torch.manual_seed(cfg.seed)
         model = GPT(cfg, widths).to(device)
         opt = make_optimizer(model, cfg, device)
-        ema = [torch.zeros(3, w, device=device) for w in widths]
+        importance = [torch.zeros(3, w, device=device) for w in widths]
         if compact_to:  # one real step for AdamW state, then prune to F_t and compact: the integrated path
-            step(model, opt, ema, False)
+            step(model, opt, importance, False)
             alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]
             prune_(model, opt, [torch.rand(3, w, device=device) for w in widths], alive, compact_to, cfg)
-            compact_(model, opt, ema, alive)
-        return model, opt, ema
+            compact_(model, opt, importance, alive)
+        return model, opt, importance
 
-    def step(model, opt, ema, track):
+    def step(model, opt, importance, track):
         with ctx:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
         if track:
-            update_importance(ema, model, cfg)
+            update_importance(importance, model, cfg)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -1070,13 +1199,13 @@ def benchmark(cfg, steps=20, rounds=3):
                 "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), False)}
     times = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, ((model, opt, ema), track) in variants.items():
-            step(model, opt, ema, track)  # warm-up
+        for name, ((model, opt, importance), track) in variants.items():
+            step(model, opt, importance, track)  # warm-up
             for _ in range(steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                step(model, opt, ema, track)
+                step(model, opt, importance, track)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
@@ -1100,7 +1229,7 @@ def main(argv=None):
                 if on:
                     run_suite(cfg, names, label, replot=args.replot)
         else:
-            train(cfg, resume=args.resume)
+            train_and_plot(cfg, resume=args.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
