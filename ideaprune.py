@@ -30,8 +30,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
@@ -40,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -99,7 +103,9 @@ class Config:
     # system
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"              # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16
-    compile: bool = False            # torch.compile the model (rebuilt after each compaction)
+    compile: bool = False            # torch.compile the model (recompiled for each new width after a compaction)
+    compile_backend: str = "inductor"  # inductor: fused kernels | aot_eager: no code generation (debugging, tests)
+    peak_flops: float = 0.0          # peak bf16 FLOP/s of one accelerator, for MFU (0 = look the GPU up in a table)
 
     def __post_init__(self):
         # A pipeline is a choice of the two knobs pruning and lr_schedule (PIPELINES below). Fill the ones left
@@ -138,7 +144,8 @@ ABLATION = ("resumed", "rewarmed")
 # The values a text knob may take: argparse offers them as choices, and validate checks them.
 CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"),
            "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
-           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global"), "dtype": ("auto", "float32", "bfloat16")}
+           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global"), "dtype": ("auto", "float32", "bfloat16"),
+           "compile_backend": ("inductor", "aot_eager", "eager")}
 
 
 class ConfigError(ValueError):
@@ -241,17 +248,18 @@ def dataset_path(cfg):
     return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
 
 
-def ensure_data(cfg):
-    """Prepare the embedded Shakespeare data on first use; for anything else, say the command that prepares it."""
+def ensure_data(cfg, prepare=True):
+    """Prepare the embedded Shakespeare data on first use (not under torchrun: ranks would race to write it);
+    for anything else, say the command that prepares it."""
     d = dataset_path(cfg)
     missing = [f for f in ("train.bin", "val.bin") if not os.path.exists(os.path.join(d, f))]
-    prepare = os.path.join("data", cfg.dataset, "prepare.py")
-    if missing and cfg.dataset == "shakespeare" and not cfg.data_dir:
-        print(f"{d} has no {', '.join(missing)}: preparing it with {prepare}")
-        subprocess.run([sys.executable, os.path.join(ROOT, prepare)], check=True)
+    prepare_py = os.path.join("data", cfg.dataset, "prepare.py")
+    if missing and prepare and cfg.dataset == "shakespeare" and not cfg.data_dir:
+        print(f"{d} has no {', '.join(missing)}: preparing it with {prepare_py}")
+        subprocess.run([sys.executable, os.path.join(ROOT, prepare_py)], check=True)
         missing = []
     if missing:
-        how = f"python {prepare}" if os.path.exists(os.path.join(ROOT, prepare)) else "a prepare.py of your own"
+        how = f"python {prepare_py}" if os.path.exists(os.path.join(ROOT, prepare_py)) else "a prepare.py of your own"
         raise ConfigError(f"no {', '.join(missing)} in {d}: prepare the data first with: {how}")
     meta_path = os.path.join(d, "meta.json")
     if os.path.exists(meta_path):
@@ -276,10 +284,12 @@ def tokenizer(cfg):
 
 
 class Data:
-    """Random windows of block_size + 1 tokens. The generator's state goes into checkpoints (exact resume)."""
+    """Random windows of block_size + 1 tokens. The generator's state goes into checkpoints (exact resume).
+    Under torchrun every rank draws the windows of every rank, in the order one process would draw them, and
+    keeps its own: the batches of a step are the same for any number of ranks, and so is the generator's state."""
 
-    def __init__(self, cfg, device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg, device, rank=0, world=1):
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.tokens = {s: np.memmap(os.path.join(dataset_path(cfg), f"{s}.bin"), dtype=np.uint16, mode="r")
                        for s in ("train", "val")}
         self.gen = torch.Generator().manual_seed(cfg.seed)  # the same seed -> the same batches in every pipeline
@@ -293,8 +303,10 @@ class Data:
         return buf[:, :-1], buf[:, 1:]  # x, y: (B, T) each, y = x shifted left by one
 
     def batch(self, split, gen=None):
-        arr, T = self.tokens[split], self.cfg.block_size
-        ix = torch.randint(len(arr) - T, (self.cfg.batch_size,), generator=gen or self.gen).numpy()
+        """A training batch of this rank, or (with gen: the fixed evaluation batches) one process's draw."""
+        arr, T, B = self.tokens[split], self.cfg.block_size, self.cfg.batch_size
+        draws = [torch.randint(len(arr) - T, (B,), generator=gen or self.gen) for _ in range(1 if gen else self.world)]
+        ix = draws[0 if gen else self.rank].numpy()
         return self._to_device(arr[ix[:, None] + np.arange(T + 1)])
 
     def sequential(self, split):
@@ -653,9 +665,14 @@ def sample(model, cfg, device, ctx):
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 9. Checkpoints: tensors and plain types only, written atomically ----
 # ---------------------------------------------------------------------------------------------------------------
+CKPT_VERSION = 1  # raise it when the layout below changes: --resume refuses a checkpoint newer than it knows
+CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
+
+
 def save_checkpoint(run, step):
     """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True)."""
     ckpt = {
+        "version": CKPT_VERSION,
         "model": run.raw_model.state_dict(),
         "widths": run.raw_model.ffn_widths,          # build GPT(cfg, widths) before load_state_dict
         "optimizer": run.optimizer.state_dict(),
@@ -667,8 +684,31 @@ def save_checkpoint(run, step):
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     path = os.path.join(run.cfg.out_dir, "ckpt.pt")
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)  # atomic: a crash mid-write never leaves a torn ckpt.pt
+    with open(path + ".tmp", "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename, so that a power cut cannot leave a torn ckpt.pt
+    os.replace(path + ".tmp", path)  # atomic: the previous ckpt.pt stays whole until the new one is complete
+
+
+def read_checkpoint(path):
+    """torch.load a checkpoint, or a ConfigError that names the file, says why and what to do; the file is left
+    as it was (a truncated copy, another file, a checkpoint of another version)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in CKPT_KEYS if k not in ckpt]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
+        if ckpt.get("version", 1) > CKPT_VERSION:
+            raise ValueError(f"it was written by a newer ideaprune (checkpoint version {ckpt['version']}, "
+                             f"this one reads up to {CKPT_VERSION})")
+        Config(**ckpt["config"])  # a knob this version does not know: from another version
+    except Exception as e:
+        raise ConfigError(f"{path} is not a checkpoint this ideaprune can resume ({type(e).__name__}: {e}). It was "
+                          f"left as it was: restore it from a copy, or start a new run in another --out_dir") from None
+    return ckpt
 
 
 def restore_checkpoint(run, ckpt):
@@ -686,7 +726,7 @@ def restore_checkpoint(run, ckpt):
 
 def load_model(path, device="cpu"):
     """A trained (pruned) model from a checkpoint, at the widths it was saved with."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     cfg = Config(**ckpt["config"])
     model = GPT(cfg, ckpt["widths"])
     model.load_state_dict(ckpt["model"])
@@ -700,15 +740,40 @@ class Diverged(RuntimeError):
     """The loss or the gradient norm became NaN or inf; no update was applied and no checkpoint written."""
 
 
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C: the run finished its step, wrote a checkpoint and stopped; --resume continues it."""
+
+    def __init__(self, signum, step, path, world):
+        again = f"torchrun --nproc_per_node {world} ideaprune.py" if world > 1 else "python ideaprune.py"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}, with a checkpoint in {path}; "
+                         f"continue with: {again} --out_dir {os.path.dirname(path)} --resume")
+        self.signum = signum
+
+
+def init_distributed(cfg):
+    """Under torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK): join the process group, NCCL on GPUs, gloo on CPUs.
+    Returns (rank, world size): (0, 1) for a plain `python ideaprune.py`."""
+    if "RANK" not in os.environ:
+        return 0, 1
+    if not dist.is_initialized():
+        on_gpu = torch.cuda.is_available() and cfg.device.split(":")[0] in ("auto", "cuda")
+        dist.init_process_group("nccl" if on_gpu else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def setup_device(cfg):
+    """The device and the autocast context. Under torchrun each rank takes the GPU of its LOCAL_RANK."""
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and dist.is_initialized():
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     device = torch.device(name)
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
     return device, ctx
@@ -730,6 +795,31 @@ def phase_of(step, cfg):
 
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+# Peak dense bf16 FLOP/s per GPU, by a part of torch.cuda.get_device_name (first match wins): for MFU. H100 SXM
+# reports itself as "H100 80GB HBM3". Vendor data sheets, without the 2:4-sparsity doubling.
+GPU_PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
+
+
+def peak_flops(cfg, device):
+    """--peak_flops, else the GPU's entry in GPU_PEAK_BF16, else None: no MFU (a CPU, or a GPU not in the table)."""
+    if cfg.peak_flops:
+        return cfg.peak_flops
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAK_BF16 if key in name), None)
+
+
+def mfu(flops, seconds, run):
+    """Model FLOPs utilization: the model's FLOPs (flops_per_token, section 1) per second per accelerator, as a
+    fraction of its peak. None where the peak is unknown."""
+    return flops / seconds / run.world / run.peak if run.peak else None
+
+
+def fmt_duration(s):
+    return f"{s / 3600:.0f}h{s % 3600 / 60:02.0f}m" if s >= 3600 else f"{s / 60:.0f}m{s % 60:02.0f}s"
 
 
 def describe(cfg):
@@ -765,8 +855,10 @@ class RunLog:
     per step, per evaluation and per event, and a final record. On resume, the records from the checkpoint's
     step on are dropped: the resumed run writes them again, identically."""
 
-    def __init__(self, cfg, resume_step=None):
-        self.path = os.path.join(cfg.out_dir, "log.jsonl")
+    def __init__(self, cfg, resume_step=None, master=True):
+        self.path, self.master, self.file = os.path.join(cfg.out_dir, "log.jsonl"), master, None
+        if not master:  # under torchrun only rank 0 logs, prints and plots
+            return
         if resume_step is None:
             F_t, F_e = ffn_sizes(cfg)
             t_p, t_end = phase_steps(cfg)
@@ -779,14 +871,20 @@ class RunLog:
         self.file = open(self.path, "a")
 
     def write(self, kind, **record):
-        self.file.write(json.dumps({"kind": kind, **record}) + "\n")
+        if self.master:
+            self.file.write(json.dumps({"kind": kind, **record}) + "\n")
+
+    def say(self, line):
+        if self.master:
+            print(line)
 
     def event(self, step, what):
-        print(f"step {step:5d} | {what}")
+        self.say(f"step {step:5d} | {what}")
         self.write("event", step=step, what=what)
 
     def close(self):
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
 @dataclass
@@ -802,8 +900,16 @@ class Run:
     alive: list                       # per layer (F_l,) bool: monotone masks (section 6)
     progress: dict                    # tokens, FLOPs per phase, wall time; "step": where this run started
     log: RunLog = None
+    rank: int = 0                     # this process under torchrun (0 alone), and the number of processes
+    world: int = 1
+    accum: int = 1                    # this rank's micro-steps per step: grad_accum / world
     n_alive: list = None              # alive neurons per layer, counted on prune steps only (no sync per step)
     t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
+    peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
+    sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
+    fresh: bool = True                # the model was (re)wrapped: the next step compiles, keep it out of the ETA
+    signal: int = None                # SIGTERM or SIGINT received by this process
+    stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 
 def start_run(cfg, resume):
@@ -811,45 +917,87 @@ def start_run(cfg, resume):
     out_dir/ckpt.pt, after checking the config and the data and printing what the run will do."""
     ckpt = None
     if resume:
-        path = os.path.join(cfg.out_dir, "ckpt.pt")
-        if not os.path.exists(path):
-            raise ConfigError(f"--resume: no checkpoint at {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        where = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile")}
+        ckpt = read_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        where = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile", "compile_backend",
+                                              "peak_flops")}
         cfg = replace(Config(**ckpt["config"]), **where)  # the run's own config; only where it runs may change
     validate(cfg)
-    describe(cfg)
-    ensure_data(cfg)
+    rank, world = init_distributed(cfg)
+    if cfg.grad_accum % world:
+        raise ConfigError(f"--grad_accum {cfg.grad_accum} must be a multiple of the {world} processes: each "
+                          f"does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
+    if rank == 0:
+        describe(cfg)
+    ensure_data(cfg, prepare=world == 1)
     device, ctx = setup_device(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     F_t, F_e = ffn_sizes(cfg)
     widths = ckpt["widths"] if ckpt else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
     raw_model = GPT(cfg, widths).to(device)
-    run = Run(cfg, device, ctx, Data(cfg, device), raw_model, make_optimizer(raw_model, cfg, device),
+    run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, make_optimizer(raw_model, cfg, device),
               importance=[torch.zeros(3, w, device=device) for w in widths],
               alive=[torch.ones(w, dtype=torch.bool, device=device) for w in widths],
-              progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "params_start": raw_model.num_params()})
+              progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
+                        "params_start": raw_model.num_params()},
+              rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
     if ckpt:
         restore_checkpoint(run, ckpt)
-        print(f"resumed from {os.path.join(cfg.out_dir, 'ckpt.pt')} at step {run.progress['step']}")
     run.n_alive = [int(a.sum()) for a in run.alive]
-    run.log = RunLog(cfg, resume_step=run.progress["step"] if ckpt else None)
+    run.log = RunLog(cfg, resume_step=run.progress["step"] if ckpt else None, master=rank == 0)
+    if world > 1:
+        run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
+    if ckpt:
+        run.log.say(f"resumed from {os.path.join(cfg.out_dir, 'ckpt.pt')} at step {run.progress['step']}")
+    if device.type == "cuda" and not run.peak:
+        run.log.say(f"MFU: {torch.cuda.get_device_name(device)} is not in GPU_PEAK_BF16; pass --peak_flops")
     run.t0 = time.time() - run.progress["wall_s"]
     return run
 
 
-def wrap(raw_model, cfg):
-    """The model the step calls: raw_model itself, or torch.compile of it. Rebuilt after every compaction,
-    because compaction replaces Parameters that a wrapper holds on to."""
-    return torch.compile(raw_model) if cfg.compile else raw_model
+def catch_stop_signals(run):
+    """SIGTERM (a scheduler's notice) or Ctrl-C: finish the current step, write a checkpoint, stop. A second Ctrl-C
+    stops at once. The handler only sets a flag: the loop saves at the next step boundary, never in the handler.
+    Returns the handlers it replaced, to put back."""
+    def on_signal(signum, frame):
+        if run.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        run.signal = signum
+        run.log.say(f"got {signal.Signals(signum).name}: stopping after this step, with a checkpoint")
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set signal handlers (e.g. a run started from a notebook thread)
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def wrap(run):
+    """The model the step calls: run.raw_model, compiled with --compile, inside DDP under torchrun (nanoGPT's
+    order). Built again after every compaction, which replaces Parameters that both hold on to: DDP's gradient
+    hooks and its buckets, and the compiled graph's guards."""
+    model = run.raw_model
+    if run.cfg.compile:
+        # The graphs of the old widths can never run again: drop them. Kept, they would count towards dynamo's
+        # per-function recompile_limit (8: about 4 widths, training + evaluation), and past it the rest of the run
+        # would fall back to eager without a word. Should the limit be hit anyway: fail loudly instead.
+        torch._dynamo.reset()
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+        model = torch.compile(model, backend=run.cfg.compile_backend)
+    if run.world > 1:
+        model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.fresh = True
+    return model
+
+
+def unwrap_ddp(model):
+    """The model without DDP (compiled if it was): evaluation runs on rank 0 alone, with no collectives."""
+    return model.module if isinstance(model, DDP) else model
 
 
 def evaluate(run, model, step):
-    est = estimate_loss(model, run.data, run.cfg, run.ctx)
-    print(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
-    run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
-                  train_loss=est["train"], val_loss=est["val"])
+    if run.rank == 0:
+        est = estimate_loss(unwrap_ddp(model), run.data, run.cfg, run.ctx)
+        run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
+        run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
+                      train_loss=est["train"], val_loss=est["val"])
 
 
 def prune_and_compact(run, step):
@@ -864,6 +1012,13 @@ def prune_and_compact(run, step):
                             f"lambda {cfg.ema_beta}): FFN {F_e} -> {F_t} per layer by step {t_end}")
     prune_(model, run.optimizer, run.importance, run.alive, keep_at(step, cfg), cfg)
     run.n_alive = [int(a.sum()) for a in run.alive]
+    if run.world > 1:  # every rank ranked the same all-reduced importance: check that they kept the same neurons
+        kept = torch.tensor([int(a.nonzero().sum()) for a in run.alive] + run.n_alive, device=run.device)
+        low, high = kept.clone(), kept.clone()
+        dist.all_reduce(low, dist.ReduceOp.MIN)
+        dist.all_reduce(high, dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"step {step}: the ranks kept different neurons; their importance must have differed")
     masked = masked_fraction(run.alive)
     compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
     if compacted:
@@ -877,8 +1032,8 @@ def prune_and_compact(run, step):
 
 
 def train_step(run, model, step):
-    """One optimization step: accumulate gradients over grad_accum micro-batches, track the importance, clip,
-    check, AdamW. Returns (lr, loss, gradient norm, seconds); the loss and the norm cross to the host once."""
+    """One optimization step: accumulate gradients over this rank's micro-batches, track the importance, clip,
+    check, AdamW. Returns (lr, loss, gradient norm, seconds); they cross to the host once."""
     cfg, optimizer = run.cfg, run.optimizer
     t_start = time.perf_counter()
     lr = lr_at(step, cfg)
@@ -886,85 +1041,130 @@ def train_step(run, model, step):
         group["lr"] = lr
     loss_sum = torch.zeros((), device=run.device)
     x, y = run.data.batch("train")
-    for micro in range(cfg.grad_accum):
+    for micro in range(run.accum):
+        if run.world > 1:  # DDP all-reduces the gradients in the last micro-step's backward only (nanoGPT)
+            model.require_backward_grad_sync = micro == run.accum - 1
         with run.ctx:
             _, loss = model(x, y)
-        if micro + 1 < cfg.grad_accum:  # fetch the next batch while the device works on this one
+        if micro + 1 < run.accum:  # fetch the next batch while the device works on this one
             x, y = run.data.batch("train")
-        (loss / cfg.grad_accum).backward()
+        (loss / run.accum).backward()
         loss_sum += loss.detach()
-    if tracks_importance(step, cfg):
-        update_importance(run.importance, run.raw_model, cfg)  # the accumulated gradient, before clipping
+    if tracks_importance(step, cfg):  # the accumulated gradient (all-reduced: the same on every rank), unclipped
+        update_importance(run.importance, run.raw_model, cfg)
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
-    loss, norm = torch.stack([loss_sum / cfg.grad_accum, norm.float()]).tolist()  # the one host sync
+    # the step's one host sync: its loss, the norm, and whether a stop signal came (summed over ranks under DDP)
+    stats = torch.stack([loss_sum / run.accum, norm.float(), loss_sum.new_full((), float(run.signal is not None))])
+    if run.world > 1:
+        dist.all_reduce(stats)
+    loss, norm, signalled = stats.tolist()
+    loss, norm = loss / run.world, norm / run.world
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise Diverged(f"loss is {loss}, gradient norm {norm} at step {step}; stopped before the update. The last "
                        f"checkpoint in {cfg.out_dir} is from before this: lower --lr or raise --warmup_steps")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    run.stopping = signalled > 0
     if run.device.type == "cuda":
         torch.cuda.synchronize()  # the clock must see the device's work, not only its queueing
     return lr, loss, norm, time.perf_counter() - t_start
 
 
+def flops_left(run, step):
+    """Training FLOPs of the steps after this one, at the widths the keep-schedule gives them: for the ETA."""
+    cfg, model = run.cfg, run.raw_model
+    not_ffn = model.num_params() - 3 * cfg.n_embd * sum(model.ffn_widths)
+    return tokens_per_step(cfg) * sum(flops_per_token(not_ffn + 3 * cfg.n_embd * cfg.n_layer * keep_at(s, cfg), cfg)
+                                      for s in range(step + 1, cfg.max_steps))
+
+
 def log_step(run, step, lr, loss, norm, dt):
     """Count the step's tokens and FLOPs (at the physical size: masked, not yet compacted neurons still cost),
-    write its record, and print one line every log_every steps."""
+    write its record, and print one line every log_every steps: loss, gradient norm, LR, widths, speed, and on
+    a GPU MFU, peak memory and the ETA."""
     cfg, progress = run.cfg, run.progress
     phase, n_params, tps = phase_of(step, cfg), run.raw_model.num_params(), tokens_per_step(cfg)
+    step_flops = flops_per_token(n_params, cfg) * tps
     progress["tokens"] += tps
-    progress["flops"][phase] = progress["flops"].get(phase, 0.0) + flops_per_token(n_params, cfg) * tps
+    progress["flops"][phase] = progress["flops"].get(phase, 0.0) + step_flops
+    progress["train_s"] += dt
     progress["wall_s"] = time.time() - run.t0
+    if run.fresh and cfg.compile:
+        run.log.event(step, f"compiled for FFN widths {run.raw_model.ffn_widths}: this step took {dt:.1f} s")
+    if not run.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
+        run.sec_per_flop = dt / step_flops if run.sec_per_flop is None else 0.9 * run.sec_per_flop + 0.1 * dt / step_flops
+    run.fresh = False
     alive_width = float(np.mean(run.n_alive))
     run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, ffn=alive_width,
                   params=n_params, phase=phase, ms=1000 * dt, flops=sum(progress["flops"].values()))
     if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
-        print(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
-              f"ffn {alive_width:.0f}->{ffn_sizes(cfg)[0]} | params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | "
-              f"{tps / dt / 1e3:5.1f}k tok/s")
+        gpu = ""
+        if run.peak:
+            gpu += f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%"
+        if run.device.type == "cuda":
+            gpu += f" | mem {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB"
+        if run.sec_per_flop:
+            gpu += f" | eta {fmt_duration(flops_left(run, step) * run.sec_per_flop)}"
+        run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
+                    f"ffn {alive_width:.0f}->{ffn_sizes(cfg)[0]} | params {fmt_params(n_params)} | {1000 * dt:4.0f} ms"
+                    f" | {tps / dt / 1e3:5.1f}k tok/s{gpu}")
 
 
 def finish_run(run, model):
-    """The end: the exact validation loss over the whole split, the final record, a summary and a sample."""
+    """The end, on rank 0: the exact validation loss over the whole split, the final record, a summary, a sample."""
+    if run.rank != 0:
+        return None
     cfg, progress = run.cfg, run.progress
-    val = evaluate_full(model, run.data, run.ctx)
+    val = evaluate_full(unwrap_ddp(model), run.data, run.ctx)
     final = {"pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val), "params": run.raw_model.num_params(),
              "widths": run.raw_model.ffn_widths, "tokens": progress["tokens"],
              "flops": sum(progress["flops"].values()), "flops_by_phase": progress["flops"],
              "wall_s": progress["wall_s"]}
     run.log.write("final", **final)
+    speed = mfu(final["flops"], progress["train_s"], run)
     print(f"done: {cfg.pipeline} | val loss {val:.4f} | ppl {math.exp(val):.2f} | params "
           f"{fmt_params(progress['params_start'])} -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M "
           f"tokens | {final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())})"
-          f" | {final['wall_s']:.0f} s")
+          f" | {final['wall_s']:.0f} s" + (f" | mfu {100 * speed:.1f}% (training steps)" if speed else ""))
+    if cfg.compile:
+        print(f"torch.compile: {torch._dynamo.utils.counters['stats']['unique_graphs']} graphs compiled in this process")
     if cfg.sample_tokens:
         print("sample from the final model:\n" + sample(run.raw_model, cfg, run.device, run.ctx))
     return {"kind": "final", **final}
 
 
 def train(cfg, resume=False, stop_after=None):
-    """One run of a pipeline; returns its final record. stop_after=k checkpoints at step k and returns None."""
+    """One run of a pipeline; returns its final record (None on ranks other than 0, or when stop_after=k stopped
+    it at step k with a checkpoint). SIGTERM or Ctrl-C stops it the same way and raises Interrupted."""
     run = start_run(cfg, resume)
     cfg, start = run.cfg, run.progress["step"]
+    handlers = catch_stop_signals(run)
     try:
-        model = wrap(run.raw_model, cfg)  # raw_model: surgery and checkpoints; model: forward and backward
+        model = wrap(run)  # run.raw_model: surgery and checkpoints; model: forward and backward
         for step in range(start, cfg.max_steps + 1):  # one extra iteration at T: it only evaluates and saves
             last_step = step == cfg.max_steps
-            stop = last_step or step == stop_after
+            stop = last_step or step == stop_after or run.stopping
             # -- once in a while, before the step: evaluate, prune and compact, checkpoint --
             if step % cfg.eval_every == 0 or last_step:
                 evaluate(run, model, step)
             if is_prune_step(step, cfg) and prune_and_compact(run, step):
-                model = wrap(run.raw_model, cfg)  # new Parameters: the compiled graph (and DDP) must follow
-            if step > start and (step % cfg.ckpt_every == 0 or stop):
+                model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
+            if step > start and (step % cfg.ckpt_every == 0 or stop) and run.rank == 0:
                 save_checkpoint(run, step)
             if stop:
                 break
             # -- one optimization step, then its log line --
             lr, loss, norm, dt = train_step(run, model, step)
             log_step(run, step, lr, loss, norm, dt)
-        return finish_run(run, model) if last_step else None
+        final = finish_run(run, model) if last_step else None
+        if run.world > 1:
+            dist.barrier()  # the other ranks wait for rank 0's checkpoint and final evaluation
+        if run.stopping and not last_step:
+            raise Interrupted(run.signal or signal.SIGTERM, step, os.path.join(cfg.out_dir, "ckpt.pt"), run.world)
+        return final
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         run.log.close()
 
 
@@ -1137,7 +1337,8 @@ def train_and_plot(cfg, resume=False):
     """A run, then its figure. The plot is drawn here, not in train(), so tests and notebooks train without
     matplotlib."""
     final = train(cfg, resume)
-    plot_run(read_log(os.path.join(cfg.out_dir, "log.jsonl")), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
+    if final:  # None on ranks other than 0
+        plot_run(read_log(os.path.join(cfg.out_dir, "log.jsonl")), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
     return final
 
 
@@ -1151,9 +1352,13 @@ def run_suite(cfg, names, label, replot=False):
         if not replot:
             print(f"\n==== {label}: {name} ====")
             train_and_plot(sub)
+        if dist.is_initialized() and dist.get_rank() != 0:
+            continue  # under torchrun, rank 0 draws the comparison
         if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
             raise ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
         runs[name] = read_log(log_path)
+    if not runs:
+        return runs
     written = plot_compare(runs, os.path.join(cfg.plot_dir, label))
     table = results_table(runs)
     for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
@@ -1165,7 +1370,8 @@ def run_suite(cfg, names, label, replot=False):
 
 def benchmark(cfg, steps=20, rounds=3):
     """Median time of one optimization step: importance tracking off vs on (enlarged model), and a model
-    compacted from F_e vs one built at F_t from scratch. The variants alternate, so load drifts hit all alike."""
+    compacted from F_e vs one built at F_t from scratch; with --compile, each also compiled. The variants
+    alternate, so load drifts hit all alike."""
     validate(cfg)
     device, ctx = setup_device(cfg)
     F_t, F_e = ffn_sizes(cfg)
@@ -1197,10 +1403,14 @@ def benchmark(cfg, steps=20, rounds=3):
                 "enlarged, tracking on": (setup([F_e] * cfg.n_layer), True),
                 "target, built at F_t": (setup([F_t] * cfg.n_layer), False),
                 "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), False)}
+    if cfg.compile:  # the same models, compiled (one compiled twin per width: nothing to reset between them)
+        torch._dynamo.config.recompile_limit = 2 * len(variants)
+        variants.update({f"{name}, compiled": ((torch.compile(m, backend=cfg.compile_backend), opt, imp), track)
+                         for name, ((m, opt, imp), track) in list(variants.items())})
     times = {name: [] for name in variants}
     for _ in range(rounds):
         for name, ((model, opt, importance), track) in variants.items():
-            step(model, opt, importance, track)  # warm-up
+            step(model, opt, importance, track)  # warm-up (and compile, the first time)
             for _ in range(steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -1210,11 +1420,14 @@ def benchmark(cfg, steps=20, rounds=3):
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
     med = {name: 1000 * float(np.median(ts)) for name, ts in times.items()}
-    print(f"{'variant':28s} | ms/step (median of {steps * rounds})")
+    print(f"{'variant':38s} | ms/step (median of {steps * rounds})")
     for name, ms in med.items():
-        print(f"{name:28s} | {ms:8.1f}")
+        print(f"{name:38s} | {ms:8.1f}")
     print(f"tracking on / off:     {med['enlarged, tracking on'] / med['enlarged, tracking off']:.3f}x")
     print(f"compacted / built:     {med['target, compacted from F_e'] / med['target, built at F_t']:.3f}x")
+    if cfg.compile:
+        for name in ("enlarged, tracking off", "target, built at F_t"):
+            print(f"compiled / eager ({name.split(',')[0]}): {med[name + ', compiled'] / med[name]:.3f}x")
     return med
 
 
@@ -1230,12 +1443,21 @@ def main(argv=None):
                     run_suite(cfg, names, label, replot=args.replot)
         else:
             train_and_plot(cfg, resume=args.resume)
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while rank 0 still writes its checkpoint or plots
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention for "ended by this signal"
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
