@@ -14,8 +14,10 @@ Run manual
   python ideaprune.py --preset cpu --compare           # scratch, integrated, minitron, sheared + figures, table
   python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs re-warmed
   python ideaprune.py --preset cpu --compare --replot  # figures and table again from the logs, no training
-  python ideaprune.py --preset 300m                    # one GPU: ~588M -> ~308M on OpenWebText (prepare first)
-  python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off
+  python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on OpenWebText (prepare first)
+  torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
+  python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
+                                                       # SIGTERM / Ctrl-C, which checkpoint at the step's end)
   python ideaprune.py --preset cpu --bench             # step time: importance tracking off/on, compacted/built
   python ideaprune.py --help                           # every knob and its default; any knob overrides a preset
   python -m pytest -q                                  # the tests, on CPU
