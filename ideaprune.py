@@ -194,19 +194,24 @@ def validate(cfg):
     for knob, allowed in CHOICES.items():
         value = getattr(cfg, knob)
         need(value in allowed, f"unknown --{knob} {value!r}; choose one of {', '.join(allowed)}")
-    for knob in ("batch_size", "grad_accum", "block_size", "n_layer", "n_head", "n_embd", "ffn_hidden",
+    for f in fields(cfg):  # no knob is negative, and none is NaN or infinite
+        value = getattr(cfg, f.name)
+        if f.type in (int, float):
+            need(math.isfinite(value) and value >= 0, f"--{f.name} must be a finite number >= 0, got {value}")
+    for knob in ("batch_size", "grad_accum", "block_size", "vocab_size", "n_layer", "n_head", "n_embd", "ffn_hidden",
                  "ffn_multiple", "max_steps", "prune_every", "eval_every", "eval_iters", "log_every", "ckpt_every"):
         need(getattr(cfg, knob) >= 1, f"--{knob} must be at least 1, got {getattr(cfg, knob)}")
+    for knob in ("beta1", "beta2"):
+        need(getattr(cfg, knob) < 1, f"--{knob} must be in [0, 1), got {getattr(cfg, knob)}")
     need(cfg.n_embd % cfg.n_head == 0 and (cfg.n_embd // cfg.n_head) % 2 == 0,
          f"--n_embd {cfg.n_embd} must split into --n_head {cfg.n_head} heads of even size (RoPE rotates pairs)")
     need(0 < cfg.min_lr <= cfg.lr, f"need 0 < --min_lr ({cfg.min_lr}) <= --lr ({cfg.lr})")
-    need(cfg.warmup_steps >= 0 and cfg.ema_warmup >= 0, "--warmup_steps and --ema_warmup cannot be negative")
     need(0 <= cfg.ema_beta < 1, f"--ema_beta (lambda) must be in [0, 1), got {cfg.ema_beta}: "
                                 "at 1 the EMA never takes in a new score")
     need(0 <= cfg.compact_frac <= 1, f"--compact_frac must be in [0, 1], got {cfg.compact_frac}")
     if cfg.pruning != "none":
         F_t, F_e = ffn_sizes(cfg)
-        need(F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the enlarged width "
+        need(cfg.enlarge > 1 and F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the enlarged width "
                         f"(--enlarge {cfg.enlarge} gives {F_e}): raise --enlarge above 1, or use --pipeline scratch")
         need(0 < cfg.prune_start < 1, f"--prune_start must be a fraction of the run in (0, 1), got {cfg.prune_start}")
         need(cfg.prune_len >= 0, f"--prune_len cannot be negative, got {cfg.prune_len}")
@@ -217,11 +222,16 @@ def validate(cfg):
     return cfg
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other bad input here (argparse would print its usage first)
+        raise ConfigError(f"{message} (python ideaprune.py --help lists every flag)")
+
+
 def parse_args(argv=None):
     """Argparse built from the Config fields: each field's type, default and trailing comment become a flag."""
     # the "# heading" lines of Config become argument groups, and each field's trailing comment its help
     source = inspect.getsource(Config).split("def __post_init__")[0]
-    p = argparse.ArgumentParser(description="IDEA Prune: integrated enlarge -> prune -> recover, one LR schedule.")
+    p = ArgumentParser(description="IDEA Prune: integrated enlarge -> prune -> recover, one LR schedule.")
     group, types = p, {f.name: f.type for f in fields(Config)}
     for heading, name, default, help_ in re.findall(r"^    (?:# (.+)|(\w+): \w+ = (.+?)\s+# (.+))$", source, re.M):
         if heading:
@@ -233,6 +243,7 @@ def parse_args(argv=None):
                                help=f"{help_} (default {default})")
     assert len(p.parse_args([]).__dict__) == len(types), "every Config field needs a trailing # comment (its help)"
     p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its ckpt.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out_dir that holds a checkpoint")
     p.add_argument("--compare", action="store_true", help=f"run {', '.join(COMPARE)}; then figures and a table")
     p.add_argument("--ablation", action="store_true",
                    help=f"run {', '.join(ABLATION)}: one-shot prune, then the LR resumed vs rewarmed")
@@ -250,10 +261,15 @@ def dataset_path(cfg):
     return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
 
 
+TOKENIZER_VOCAB = {"bytes": 256, "gpt2": 50304}  # the --vocab_size each tokenizer's presets use
+
+
 def ensure_data(cfg, prepare=True):
     """Prepare the embedded Shakespeare data on first use (not under torchrun: ranks would race to write it);
-    for anything else, say the command that prepares it."""
+    for anything else, say the command that prepares it. Then check the files against the config, cheaply, so
+    that bad data stops here with one line, not in the first forward pass."""
     d = dataset_path(cfg)
+    where = f"--data_dir {d}" if cfg.data_dir else f"--dataset {cfg.dataset} ({d})"
     missing = [f for f in ("train.bin", "val.bin") if not os.path.exists(os.path.join(d, f))]
     prepare_py = os.path.join("data", cfg.dataset, "prepare.py")
     if missing and prepare and cfg.dataset == "shakespeare" and not cfg.data_dir:
@@ -262,16 +278,36 @@ def ensure_data(cfg, prepare=True):
         missing = []
     if missing:
         how = f"python {prepare_py}" if os.path.exists(os.path.join(ROOT, prepare_py)) else "a prepare.py of your own"
-        raise ConfigError(f"no {', '.join(missing)} in {d}: prepare the data first with: {how}")
+        raise ConfigError(f"no {', '.join(missing)} in {where}: prepare the data first with: {how}")
     meta_path = os.path.join(d, "meta.json")
-    if os.path.exists(meta_path):
-        vocab = json.load(open(meta_path))["vocab_size"]
-        if vocab > cfg.vocab_size:
-            raise ConfigError(f"{d} has tokens up to {vocab - 1} but --vocab_size is {cfg.vocab_size}")
+    meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    tok = meta.get("tokenizer")
+    if tok in TOKENIZER_VOCAB and cfg.vocab_size in TOKENIZER_VOCAB.values() and cfg.vocab_size != TOKENIZER_VOCAB[tok]:
+        raise ConfigError(f"{meta_path} says the tokens are {tok}, but --vocab_size {cfg.vocab_size} is for "
+                          f"{next(k for k, v in TOKENIZER_VOCAB.items() if v == cfg.vocab_size)}: use a preset for "
+                          f"{tok} data, or pass --vocab_size {TOKENIZER_VOCAB[tok]}")
+    if meta.get("vocab_size", 0) > cfg.vocab_size:
+        raise ConfigError(f"{meta_path} says the tokens go up to {meta['vocab_size'] - 1}, but --vocab_size is "
+                          f"{cfg.vocab_size}: pass --vocab_size {meta['vocab_size']} or more")
     for split in ("train", "val"):
-        n = os.path.getsize(os.path.join(d, f"{split}.bin")) // 2
+        path = os.path.join(d, f"{split}.bin")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path} is not a file: prepare the data again")
+        size = os.path.getsize(path)
+        if size % 2:
+            raise ConfigError(f"{path} has {size} bytes, not a whole number of uint16 tokens: it is truncated or "
+                              f"not a token file; prepare the data again")
+        n = size // 2
         if n <= cfg.block_size + 1:
-            raise ConfigError(f"{split}.bin in {d} holds {n} tokens, fewer than one window of --block_size + 1")
+            raise ConfigError(f"{path} holds {n} tokens, fewer than one window of --block_size {cfg.block_size} + 1")
+        # The largest token id, from 32 slices of 1M tokens spread over the file: ~64 MB read however big the file
+        # is (a full scan of 9B tokens would take minutes), and a vocabulary mix-up shows in every slice.
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+        top = max(int(tokens[i:i + 2**20].max()) for i in np.linspace(0, max(0, n - 2**20), 32, dtype=np.int64))
+        if top >= cfg.vocab_size:
+            raise ConfigError(f"{path} has token id {top}, but --vocab_size is {cfg.vocab_size}: these tokens are not "
+                              f"for this model (GPT-2 data with a byte-level preset?); use --vocab_size {top + 1} "
+                              f"or more, or the matching dataset")
 
 
 def tokenizer(cfg):
@@ -671,8 +707,29 @@ CKPT_VERSION = 1  # raise it when the layout below changes: --resume refuses a c
 CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
 
 
+class RunFailed(RuntimeError):
+    """The run cannot go on (diverged, or its checkpoint cannot be written); what is on disk is still good."""
+
+
+class Diverged(RunFailed):
+    """The loss, the gradient norm or the weights became NaN or inf; nothing non-finite was written."""
+
+
+def last_checkpoint(run):
+    path = os.path.join(run.cfg.out_dir, "ckpt.pt")
+    if run.last_ckpt is None:
+        return "No checkpoint was written"
+    return f"The last checkpoint, {path} from step {run.last_ckpt}, is intact and finite: --resume continues from it"
+
+
 def save_checkpoint(run, step):
-    """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True)."""
+    """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True).
+    Nothing non-finite is ever written: a checkpoint of a diverged model would replace the last good one."""
+    if not all(torch.isfinite(p).all() for p in run.raw_model.parameters()):  # the same on every rank
+        raise Diverged(f"the weights are not finite at step {step}; no checkpoint written. {last_checkpoint(run)}. "
+                       f"Lower --lr or raise --warmup_steps")
+    if run.rank != 0:
+        return
     ckpt = {
         "version": CKPT_VERSION,
         "model": run.raw_model.state_dict(),
@@ -686,11 +743,18 @@ def save_checkpoint(run, step):
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     path = os.path.join(run.cfg.out_dir, "ckpt.pt")
-    with open(path + ".tmp", "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename, so that a power cut cannot leave a torn ckpt.pt
+    try:
+        with open(path + ".tmp", "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so that a power cut cannot leave a torn ckpt.pt
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a vanished mount
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise RunFailed(f"writing the checkpoint of step {step} failed ({e}); nothing half-written was left. "
+                        f"{last_checkpoint(run)}") from None
     os.replace(path + ".tmp", path)  # atomic: the previous ckpt.pt stays whole until the new one is complete
+    run.last_ckpt = step
 
 
 def read_checkpoint(path):
@@ -738,10 +802,6 @@ def load_model(path, device="cpu"):
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 10. Training loop: enlarged -> pruning -> recovery, one AdamW, no reset ----
 # ---------------------------------------------------------------------------------------------------------------
-class Diverged(RuntimeError):
-    """The loss or the gradient norm became NaN or inf; no update was applied and no checkpoint written."""
-
-
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C: the run finished its step, wrote a checkpoint and stopped; --resume continues it."""
 
@@ -770,10 +830,23 @@ def setup_device(cfg):
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name.startswith("cuda") and dist.is_initialized():
         name = f"cuda:{os.environ['LOCAL_RANK']}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {cfg.device!r}: auto | cpu | cuda | cuda:N | mps") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA GPUs "
+                          f"(torch {torch.__version__}); use --device cpu, or a CUDA build of torch on a GPU machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device mps: MPS (Apple GPUs) is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {cfg.device}: not supported; use auto, cpu, cuda, cuda:N or mps")
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} cannot compute in bfloat16; "
+                          f"use --dtype float32")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -902,6 +975,7 @@ class Run:
     alive: list                       # per layer (F_l,) bool: monotone masks (section 6)
     progress: dict                    # tokens, FLOPs per phase, wall time; "step": where this run started
     log: RunLog = None
+    last_ckpt: int = None             # the step of the newest checkpoint on disk (written or resumed from)
     rank: int = 0                     # this process under torchrun (0 alone), and the number of processes
     world: int = 1
     accum: int = 1                    # this rank's micro-steps per step: grad_accum / world
@@ -914,9 +988,26 @@ class Run:
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 
-def start_run(cfg, resume):
+def check_dir(flag, path):
+    """Refuse a folder that cannot be made (a file in its path, no permission), without making anything yet."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+        raise ConfigError(f"cannot create {flag} {path}: {parent} is not a folder this process can write to")
+
+
+def check_out_dir(out_dir, resume, overwrite):
+    """A new run never overwrites a checkpoint it did not write."""
+    if not resume and not overwrite and os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+        raise ConfigError(f"--out_dir {out_dir} already holds a run (ckpt.pt): continue it with --resume, start it "
+                          f"over with --overwrite, or choose another --out_dir")
+
+
+def start_run(cfg, resume, overwrite=False):
     """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
-    out_dir/ckpt.pt, after checking the config and the data and printing what the run will do."""
+    out_dir/ckpt.pt, after checking the config, the data, the device and the out_dir, and printing what the run
+    will do. Every check comes before anything is written."""
     ckpt = None
     if resume:
         ckpt = read_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
@@ -928,10 +1019,13 @@ def start_run(cfg, resume):
     if cfg.grad_accum % world:
         raise ConfigError(f"--grad_accum {cfg.grad_accum} must be a multiple of the {world} processes: each "
                           f"does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
-    if rank == 0:
-        describe(cfg)
     ensure_data(cfg, prepare=world == 1)
     device, ctx = setup_device(cfg)
+    check_dir("--out_dir", cfg.out_dir)
+    check_dir("--plot_dir", cfg.plot_dir)  # now, not when the run is over and its figure is drawn
+    check_out_dir(cfg.out_dir, resume, overwrite)
+    if rank == 0:
+        describe(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     F_t, F_e = ffn_sizes(cfg)
     widths = ckpt["widths"] if ckpt else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
@@ -945,6 +1039,7 @@ def start_run(cfg, resume):
               rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
     if ckpt:
         restore_checkpoint(run, ckpt)
+        run.last_ckpt = run.progress["step"]
     run.n_alive = [int(a.sum()) for a in run.alive]
     run.log = RunLog(cfg, resume_step=run.progress["step"] if ckpt else None, master=rank == 0)
     if world > 1:
@@ -1062,8 +1157,8 @@ def train_step(run, model, step):
     loss, norm, signalled = stats.tolist()
     loss, norm = loss / run.world, norm / run.world
     if not (math.isfinite(loss) and math.isfinite(norm)):
-        raise Diverged(f"loss is {loss}, gradient norm {norm} at step {step}; stopped before the update. The last "
-                       f"checkpoint in {cfg.out_dir} is from before this: lower --lr or raise --warmup_steps")
+        raise Diverged(f"loss is {loss}, gradient norm {norm} at step {step}; stopped before the update. "
+                       f"{last_checkpoint(run)}. Lower --lr or raise --warmup_steps")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     run.stopping = signalled > 0
@@ -1135,10 +1230,11 @@ def finish_run(run, model):
     return {"kind": "final", **final}
 
 
-def train(cfg, resume=False, stop_after=None):
+def train(cfg, resume=False, stop_after=None, overwrite=False):
     """One run of a pipeline; returns its final record (None on ranks other than 0, or when stop_after=k stopped
-    it at step k with a checkpoint). SIGTERM or Ctrl-C stops it the same way and raises Interrupted."""
-    run = start_run(cfg, resume)
+    it at step k with a checkpoint). SIGTERM or Ctrl-C stops it the same way and raises Interrupted. A new run
+    refuses an out_dir that holds a checkpoint, unless overwrite."""
+    run = start_run(cfg, resume, overwrite)
     cfg, start = run.cfg, run.progress["step"]
     handlers = catch_stop_signals(run)
     try:
@@ -1151,8 +1247,8 @@ def train(cfg, resume=False, stop_after=None):
                 evaluate(run, model, step)
             if is_prune_step(step, cfg) and prune_and_compact(run, step):
                 model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
-            if step > start and (step % cfg.ckpt_every == 0 or stop) and run.rank == 0:
-                save_checkpoint(run, step)
+            if step > start and (step % cfg.ckpt_every == 0 or stop):
+                save_checkpoint(run, step)  # rank 0 writes
             if stop:
                 break
             # -- one optimization step, then its log line --
@@ -1335,25 +1431,36 @@ def results_table(runs):
 # ---------------------------------------------------------------------------------------------------------------
 # ---- 12. Main: one run, or a suite of runs (--compare, --ablation) with figures and a results table ----
 # ---------------------------------------------------------------------------------------------------------------
-def train_and_plot(cfg, resume=False):
+def train_and_plot(cfg, resume=False, overwrite=False):
     """A run, then its figure. The plot is drawn here, not in train(), so tests and notebooks train without
     matplotlib."""
-    final = train(cfg, resume)
+    final = train(cfg, resume, overwrite=overwrite)
     if final:  # None on ranks other than 0
         plot_run(read_log(os.path.join(cfg.out_dir, "log.jsonl")), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
     return final
 
 
-def run_suite(cfg, names, label, replot=False):
+def suite_configs(cfg, names):
+    """One config per pipeline of a suite, each with its own out_dir/<name> (where its figure stays too)."""
+    subs = [replace(cfg, pipeline=name, pruning="", lr_schedule="", out_dir=os.path.join(cfg.out_dir, name),
+                    plot_dir=os.path.join(cfg.out_dir, name)) for name in names]
+    for sub in subs:
+        validate(sub)
+    return subs
+
+
+def run_suite(cfg, names, label, replot=False, overwrite=False):
     """Train each named pipeline from the same seed and data order, each into out_dir/<name>, then compare."""
     runs = {}
-    for name in names:
-        sub = replace(cfg, pipeline=name, pruning="", lr_schedule="", out_dir=os.path.join(cfg.out_dir, name))
-        sub = replace(sub, plot_dir=sub.out_dir)  # each run's own figure stays beside its log
+    subs = suite_configs(cfg, names)
+    if not replot:  # refuse before the first run, not after it: no sub-run may overwrite a checkpoint
+        for sub in subs:
+            check_out_dir(sub.out_dir, False, overwrite)
+    for name, sub in zip(names, subs):
         log_path = os.path.join(sub.out_dir, "log.jsonl")
         if not replot:
             print(f"\n==== {label}: {name} ====")
-            train_and_plot(sub)
+            train_and_plot(sub, overwrite=overwrite)
         if dist.is_initialized() and dist.get_rank() != 0:
             continue  # under torchrun, rank 0 draws the comparison
         if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
@@ -1439,18 +1546,22 @@ def main(argv=None):
         if args.bench:
             benchmark(cfg)
         elif args.compare or args.ablation:
-            validate(replace(cfg, pruning="", lr_schedule=""))  # refuse bad knobs before the first run starts
-            for label, names, on in (("compare", COMPARE, args.compare), ("ablation", ABLATION, args.ablation)):
-                if on:
-                    run_suite(cfg, names, label, replot=args.replot)
+            suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
+                                                               ("ablation", ABLATION, args.ablation)) if on]
+            for label, names in suites:  # refuse bad knobs and used out_dirs before the first run starts
+                for sub in suite_configs(cfg, names):
+                    if not args.replot:
+                        check_out_dir(sub.out_dir, False, args.overwrite)
+            for label, names in suites:
+                run_suite(cfg, names, label, replot=args.replot, overwrite=args.overwrite)
         else:
-            train_and_plot(cfg, resume=args.resume)
+            train_and_plot(cfg, resume=args.resume, overwrite=args.overwrite)
         if dist.is_initialized():
             dist.barrier()  # no rank tears the group down while rank 0 still writes its checkpoint or plots
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Diverged as e:
+    except RunFailed as e:  # diverged, or a checkpoint could not be written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as e:

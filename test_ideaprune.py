@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -389,7 +389,7 @@ def test_pinned_tiny_trajectory(byte_data, tmp_path):
     (dict(enlarge=1.0), "must be smaller than the enlarged width"),
     (dict(prune_start=0.7, prune_len=0.4), "past the end of the run"),
     (dict(ema_beta=1.0), "[0, 1)"),
-    (dict(ema_beta=-0.1), "[0, 1)"),
+    (dict(ema_beta=-0.1), "--ema_beta must be a finite number >= 0"),
     (dict(f1="median"), "unknown --f1"),
     (dict(f2="min"), "unknown --f2"),
     (dict(pipeline="magic"), "unknown --pipeline"),
@@ -410,24 +410,72 @@ def test_unknown_preset_and_missing_data(tmp_path):
         ip.train(tiny(str(empty), tmp_path))
 
 
-def test_300m_preset_builds_and_stops_without_its_data(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "300m",
-                          "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "enlarged model: FFN  7360 per layer | 587.64M params" in out.stdout
-    assert "target   model: FFN  2816 per layer | 308.45M params" in out.stdout
-    assert "prepare the data first with: python data/openwebtext/prepare.py" in out.stderr
+def test_300m_preset_sizes_and_stops_without_its_data(tmp_path, capsys):
+    ip.describe(ip.make_config("300m"))  # on the meta device: no memory allocated
+    out = capsys.readouterr().out
+    assert "enlarged model: FFN  7360 per layer | 587.64M params" in out
+    assert "target   model: FFN  2816 per layer | 308.45M params" in out
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "300m",
+                           "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""  # stops before printing anything, or writing anything
+    assert "prepare the data first with: python data/openwebtext/prepare.py" in proc.stderr
 
 
-def test_nan_loss_stops_and_leaves_the_checkpoint(byte_data, tmp_path):
+def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte_data, tmp_path):
+    """A checkpoint every step and an LR of 1e30: step 0's update explodes the weights (finite, ~1e29), step 1's
+    gradient norm is NaN. The guard stops before that update, the message names the last good checkpoint, and
+    the checkpoint on disk is finite and resumable. Then weights poisoned with inf are refused by
+    save_checkpoint itself. Mutations caught: the norm not checked before optimizer.step (the NaN update goes
+    through); no finite-weights check in save_checkpoint."""
+    cfg = tiny(byte_data, tmp_path, ckpt_every=1, lr=1e30, min_lr=1e-5)
+    with pytest.raises(ip.Diverged, match=r"gradient norm nan at step 1; stopped before the update.*from step 1, is "
+                                          r"intact and finite"):
+        ip.train(cfg)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    assert all(torch.isfinite(t).all() for t in ip.read_checkpoint(path)["model"].values())
+    run = ip.start_run(cfg, resume=True)  # it loads and restores
+    run.log.close()
+    assert run.progress["step"] == run.last_ckpt == 1
+    with torch.no_grad():
+        run.raw_model.blocks[0].ffn.up.weight[0, 0] = float("inf")
+    before = open(path, "rb").read()
+    with pytest.raises(ip.Diverged, match="not finite at step 2; no checkpoint written.*from step 1"):
+        ip.save_checkpoint(run, 2)
+    assert open(path, "rb").read() == before
+
+
+def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
     ip.train(cfg)
+    before = {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)}
+    with pytest.raises(ip.ConfigError, match="already holds a run.*--resume.*--overwrite"):
+        ip.train(replace(cfg, seed=2))
+    assert {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)} == before
+    assert ip.train(replace(cfg, seed=2), overwrite=True)["val_loss"] > 0
+    # a suite refuses before its first run when any of its sub-runs would overwrite one
+    suite = tiny(byte_data, tmp_path / "suite")
+    ip.train(replace(suite, pipeline="sheared", out_dir=os.path.join(suite.out_dir, "sheared")))
+    with pytest.raises(ip.ConfigError, match="sheared already holds a run"):
+        ip.run_suite(suite, ip.COMPARE, "compare")
+    assert not os.path.exists(os.path.join(suite.out_dir, "scratch"))
+
+
+def test_a_failed_checkpoint_write_loses_nothing(byte_data, tmp_path, monkeypatch):
+    """The disk fills up in the middle of the second checkpoint: the first stays whole, no .tmp is left."""
+    cfg = tiny(byte_data, tmp_path, ckpt_every=10)
     path = os.path.join(cfg.out_dir, "ckpt.pt")
-    before = open(path, "rb").read()
-    with pytest.raises(ip.Diverged, match="loss is"):
-        ip.train(replace(cfg, lr=1e30, min_lr=1e29))
-    assert open(path, "rb").read() == before
-    torch.load(path, weights_only=True)
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left.*from step 10, is intact"):
+        ip.train(cfg)
+    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
 
 
 # ---- scale: DDP, torch.compile, bf16, MFU, signals, broken checkpoints ---------------------------------------------
@@ -601,6 +649,112 @@ def test_resume_from_a_broken_checkpoint_is_a_clear_error(byte_data, tmp_path, d
     with pytest.raises(ip.ConfigError, match=f"{re.escape(path)} is not a checkpoint this ideaprune can resume"):
         ip.train(cfg, resume=True)
     assert open(path, "rb").read() == before  # left as it was
+
+
+# ---- bad input: every knob, the data files, the devices; each a process that must fail cleanly -------------------
+FUZZ_DRIVER = """
+import json, os, sys
+import ideaprune  # imported once; each case runs in a fork of this process (a process of its own, but cheap)
+results = []
+for argv in json.load(sys.stdin):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        code = 0
+        try:
+            ideaprune.main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 99
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    results.append({"argv": argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
+print(json.dumps(results))
+"""
+
+
+def fuzz_cases(good, bad_data, empty_dir):
+    """(argv, what the one error line must name). Every Config field gets a wrong type and out-of-range values,
+    so a new knob is fuzzed the day it is added; then impossible combinations, bad data files, devices."""
+    cases = []
+    for f in fields(ip.Config):
+        flag = f"--{f.name}"
+        if f.type is bool:
+            cases.append(([f"{flag}=maybe"], flag))
+        elif f.type in (int, float):
+            cases += [([flag, v], flag) for v in ["x", "-1"] + (["nan", "inf"] if f.type is float else [])]
+        elif f.name in ip.CHOICES:
+            cases.append(([flag, "nonsense"], flag))
+        else:  # free text: a path under a regular file is wrong as a folder, as a dataset and as a device
+            cases.append(([flag, "/dev/null/nope"], flag))
+    cases += [(["--prune_start", "0.7", "--prune_len", "0.4"], "--prune_start"), (["--enlarge", "1"], "--enlarge"),
+              (["--n_head", "3"], "--n_head"), (["--lr", "1e-3", "--min_lr", "1e-2"], "--min_lr"),
+              (["--block_size", "100000"], "--block_size"), (["--max_steps", "1"], "--max_steps"),
+              (["--vocab_size", "100"], "--vocab_size"), (["--vocab_size", "50304"], "--vocab_size"),
+              (["--grad_clip", "-0.5"], "--grad_clip"), (["--seed", "2"], "--resume"),  # a used out_dir
+              (["--resume", "--out_dir", empty_dir], "ckpt.pt"), (["--compare", "--replot", "--out_dir", empty_dir],
+                                                                  "log.jsonl"),
+              (["--unknown_flag", "1"], "--unknown_flag"), (["--device", "cuda"], "--device"),
+              (["--device", "cuda:3"], "--device"), (["--device", "mps"], "--device"), (["--device", "tpu"], "--device")]
+    cases += [(["--data_dir", d], name) for d, name in bad_data]
+    base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
+    return [(base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
+            for argv, name in cases]
+
+
+def make_bad_data(root, good):
+    """Token folders that are wrong in one way each, beside what the error line must name."""
+    def folder(name, train=None, val=None, meta=None):
+        d = root / name
+        d.mkdir()
+        for split, data in (("train", train), ("val", val)):
+            if data == "dir":
+                (d / f"{split}.bin").mkdir()
+            elif data is not None:
+                (d / f"{split}.bin").write_bytes(data)
+        if meta:
+            (d / "meta.json").write_text(json.dumps(meta))
+        return str(d)
+    ok = open(os.path.join(good, "train.bin"), "rb").read()
+    gpt2_ids = np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16).tobytes()
+    return [(folder("odd_size", ok + b"x", ok), "train.bin"), (folder("empty", b"", ok), "train.bin"),
+            (folder("no_val", ok), "val.bin"), (folder("dir_for_file", "dir", ok), "train.bin"),
+            (folder("gpt2_ids", gpt2_ids, gpt2_ids), "--vocab_size"),
+            (folder("gpt2_meta", ok, ok, {"vocab_size": 50257, "tokenizer": "gpt2"}), "meta.json")]
+
+
+def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
+    """Every bad invocation exits with 2, prints exactly one line, `error: ...`, naming the flag or the file, no
+    traceback, and leaves an existing run's out_dir byte for byte as it was."""
+    run = tiny(byte_data, tmp_path / "run", max_steps=4, eval_every=4, ckpt_every=4, warmup_steps=1, ema_warmup=1)
+    ip.train(run)
+    (tmp_path / "no_run").mkdir()
+    cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
+    argvs = [argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
+             (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else []) for argv, _ in cases]
+    snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
+    before = snapshot()
+    proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bad = []
+    for (_, name), r in zip(cases, json.loads(proc.stdout)):
+        lines = r["out"].strip().splitlines()
+        if not (r["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]):
+            bad.append(f"{' '.join(r['argv'])} -> exit {r['code']}: {r['out'][-300:]}")
+    assert not bad, f"{len(bad)} of {len(cases)} cases:\n" + "\n".join(bad)
+    assert snapshot() == before and not os.path.exists(tmp_path / "plots")
+    assert len(cases) > 100
 
 
 # ---- data preparation ---------------------------------------------------------------------------------------------
