@@ -211,10 +211,9 @@ def validate(cfg):
     need(0 <= cfg.compact_frac <= 1, f"--compact_frac must be in [0, 1], got {cfg.compact_frac}")
     if cfg.pruning != "none":
         F_t, F_e = ffn_sizes(cfg)
-        need(cfg.enlarge > 1 and F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the enlarged width "
-                        f"(--enlarge {cfg.enlarge} gives {F_e}): raise --enlarge above 1, or use --pipeline scratch")
+        need(cfg.enlarge > 1 and F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the "
+             f"enlarged width (--enlarge {cfg.enlarge} gives {F_e}): raise --enlarge above 1, or use --pipeline scratch")
         need(0 < cfg.prune_start < 1, f"--prune_start must be a fraction of the run in (0, 1), got {cfg.prune_start}")
-        need(cfg.prune_len >= 0, f"--prune_len cannot be negative, got {cfg.prune_len}")
         t_p, t_end = phase_steps(cfg)
         need(t_end <= cfg.max_steps, f"the pruning window ends at step {t_end}, past the end of the run "
                                      f"(--max_steps {cfg.max_steps}): make --prune_start + --prune_len <= 1")
