@@ -14,7 +14,7 @@ Run manual
   python ideaprune.py --preset cpu --compare           # scratch, integrated, minitron, sheared + figures, table
   python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs re-warmed
   python ideaprune.py --preset cpu --compare --replot  # figures and table again from the logs, no training
-  python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on OpenWebText (prepare first)
+  python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
   torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
   python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
                                                        # SIGTERM / Ctrl-C, which checkpoint at the step's end)
@@ -126,7 +126,7 @@ PRESETS = {
                  ffn_multiple=16, max_steps=40, lr=3e-3, warmup_steps=4, ema_warmup=5, eval_every=20,
                  eval_iters=2, log_every=10, ckpt_every=20, sample_tokens=32),
     # the paper's 600M -> 300M setting on one GPU: ~0.5M tokens per step (16 x 1024 x 32), 10k steps = 5.2B tokens
-    "300m": dict(dataset="openwebtext", vocab_size=50304, n_layer=20, n_head=16, n_embd=1024, block_size=1024,
+    "300m": dict(dataset="fineweb_edu", vocab_size=50304, n_layer=20, n_head=16, n_embd=1024, block_size=1024,
                  ffn_hidden=2816, batch_size=16, grad_accum=32, max_steps=10_000, lr=6e-4, min_lr=6e-5,
                  warmup_steps=200, eval_every=500, eval_iters=50, log_every=10, ckpt_every=500,
                  sample_tokens=200),
@@ -277,6 +277,10 @@ def ensure_data(cfg, prepare=True):
         missing = []
     if missing:
         how = f"python {prepare_py}" if os.path.exists(os.path.join(ROOT, prepare_py)) else "a prepare.py of your own"
+        old = os.path.join(ROOT, "data", "openwebtext", "train.bin")  # the 300m preset's data before FineWeb-Edu
+        if cfg.dataset == "fineweb_edu" and not cfg.data_dir and os.path.exists(old):
+            how += (" (the data/openwebtext of an earlier version is still there: train on it with "
+                    "--dataset openwebtext)")
         raise ConfigError(f"no {', '.join(missing)} in {where}: prepare the data first with: {how}")
     meta_path = os.path.join(d, "meta.json")
     meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
@@ -307,6 +311,8 @@ def ensure_data(cfg, prepare=True):
             raise ConfigError(f"{path} has token id {top}, but --vocab_size is {cfg.vocab_size}: these tokens are not "
                               f"for this model (GPT-2 data with a byte-level preset?); use --vocab_size {top + 1} "
                               f"or more, or the matching dataset")
+    if cfg.sample_tokens:
+        tokenizer(cfg)  # now: an offline machine without the GPT-2 vocabulary stops here, not after the run
 
 
 def tokenizer(cfg):
@@ -314,8 +320,13 @@ def tokenizer(cfg):
     meta_path = os.path.join(dataset_path(cfg), "meta.json")
     kind = json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
     if kind == "gpt2":
-        import tiktoken  # imported here: it fetches its vocabulary file on first use
-        enc = tiktoken.get_encoding("gpt2")
+        import tiktoken
+        try:  # tiktoken downloads the GPT-2 vocabulary on first use, then reads it from its cache
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:
+            raise ConfigError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it is downloaded on "
+                              f"first use. Offline, copy a warm tiktoken cache here and set TIKTOKEN_CACHE_DIR to it, "
+                              f"or pass --sample_tokens 0 (the vocabulary is only needed to print the sample)") from None
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
     return (lambda s: list(s.encode())), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
 
@@ -913,8 +924,9 @@ def describe(cfg):
     if cfg.pruning == "none":
         print(f"phases: target-size model for all {T} steps (scratch)")
     else:
+        recovery = f"{t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)" if T > t_end else "none"
         print(f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "
-              f"({tps * (t_end - t_p) / 1e6:.2f}M tok) | recovery {t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)")
+              f"({tps * (t_end - t_p) / 1e6:.2f}M tok) | recovery {recovery}")
     stages = ", ".join(f"{a}-{b}" for a, b in lr_stages(cfg))
     print(f"LR: {cfg.lr_schedule} ({stages}): warmup {cfg.warmup_steps} to {cfg.lr:g}, cosine to {cfg.min_lr:g}")
 

@@ -22,10 +22,11 @@ import ideaprune as ip
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("shakespeare_prepare", os.path.join(ROOT, "data", "shakespeare",
-                                                                                       "prepare.py"))
+def load_prepare(dataset="shakespeare"):
+    path = os.path.join(ROOT, "data", dataset, "prepare.py")
+    spec = importlib.util.spec_from_file_location(f"{dataset}_prepare", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # importable by name: its worker processes unpickle its functions
     spec.loader.exec_module(module)
     return module
 
@@ -418,7 +419,7 @@ def test_300m_preset_sizes_and_stops_without_its_data(tmp_path, capsys):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "300m",
                            "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""  # stops before printing anything, or writing anything
-    assert "prepare the data first with: python data/openwebtext/prepare.py" in proc.stderr
+    assert "prepare the data first with: python data/fineweb_edu/prepare.py" in proc.stderr
 
 
 def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte_data, tmp_path):
@@ -779,6 +780,62 @@ def test_prepare_holds_out_whole_plays(tmp_path):
     prep.write_split(str(tmp_path), train, val, "test")
     ids = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
     assert bytes(ids.astype(np.uint8)) == val
+
+
+def small_bpe():
+    """A GPT-2-style tiktoken Encoding built here from a handful of merges: no download."""
+    import tiktoken
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t"):
+        ranks[merge] = len(ranks)
+    return tiktoken.Encoding(name="test-bpe", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\w+| ?[^\s\w]+|\s+(?!\S)|\s+""",
+                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+
+
+def test_fineweb_prepare_tokenizes_splits_and_writes_atomically(tmp_path, monkeypatch):
+    """The 300m preset's data path, offline: documents -> the same functions the script uses -> uint16 files that
+    decode back to the documents with exactly one <|endoftext|> after each; a deterministic split; a slice; a
+    crash in the middle leaves no file that looks finished; a second run does not redo finished work."""
+    prep = load_prepare("fineweb_edu")
+    monkeypatch.setattr(prep, "VAL_EVERY", 5)
+    monkeypatch.setattr(prep, "BATCH_DOCS", 4)
+    words = "the theory of the hand in an on a tin".split()
+    docs = [f"Doc {i}: " + " ".join(words[(i * j) % len(words)] for j in range(3 + i % 7)) + "." for i in range(40)]
+    counts = prep.prepare(iter(docs), str(tmp_path / "a"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=2)
+    enc, eot = small_bpe(), "<|endoftext|>"
+    read = lambda d, s: np.fromfile(tmp_path / d / f"{s}.bin", dtype=np.uint16)
+    for split, want in (("val", docs[::5]), ("train", [d for i, d in enumerate(docs) if i % 5])):
+        ids = read("a", split)
+        assert enc.decode(ids.tolist()) == "".join(d + eot for d in want)
+        assert int((ids == enc.eot_token).sum()) == len(want)  # exactly one after each document
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    assert meta["train_tokens"] == counts["train"] == len(read("a", "train")) and meta["documents"] == 40
+    prep.prepare(iter(docs), str(tmp_path / "b"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=1)
+    assert all((read("a", s) == read("b", s)).all() for s in ("train", "val"))  # 1 or 2 processes: the same files
+    prep.prepare(iter(docs), str(tmp_path / "slice"), small_bpe, {}, max_tokens=50)
+    sliced = read("slice", "train")
+    assert 50 <= len(sliced) < counts["train"] and (sliced == read("a", "train")[:len(sliced)]).all()
+    assert prep.already_prepared(str(tmp_path / "slice"), 50) and not prep.already_prepared(str(tmp_path / "slice"), 0)
+
+    def crashing():
+        yield from docs[:20]
+        raise ConnectionError("the network went away")
+    with pytest.raises(ConnectionError):
+        prep.prepare(crashing(), str(tmp_path / "crash"), small_bpe, {})
+    assert sorted(os.listdir(tmp_path / "crash")) == []  # no .bin, no .tmp, no meta.json
+
+
+def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no route to the vocabulary")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
+    with pytest.raises(ip.ConfigError, match="TIKTOKEN_CACHE_DIR"):
+        ip.tokenizer(ip.make_config("300m", data_dir=str(tmp_path)))
+    with pytest.raises(SystemExit, match="TIKTOKEN_CACHE_DIR"):
+        load_prepare("fineweb_edu").gpt2_encoding()
 
 
 # ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
