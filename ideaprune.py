@@ -24,7 +24,7 @@ Run manual
 
 Sections, in the order a run executes them (the README's tutorial follows the numbers):
   1 config and presets   2 data   3 model   4 LR schedule   5 importance   6 keep-schedule and masks
-  7 compaction   8 evaluation and sampling   9 checkpoints   10 training loop   11 plots   12 main
+  7 compaction   8 evaluation, sampling, export   9 checkpoints   10 training loop   11 plots   12 main
 """
 import argparse
 import inspect
@@ -248,9 +248,42 @@ def parse_args(argv=None):
                    help=f"run {', '.join(ABLATION)}: one-shot prune, then the LR resumed vs rewarmed")
     p.add_argument("--replot", action="store_true", help="with --compare/--ablation: only redraw from the logs")
     p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
+    use = p.add_argument_group("use a trained model: --out_dir's ckpt.pt, from the end of a run or its middle")
+    use.add_argument("--sample", action="store_true", help="write text after --prompt (nanoGPT's sample.py)")
+    use.add_argument("--prompt", default="\n", help="the text to continue (default a newline)")
+    use.add_argument("--prompt_file", help="read the prompt from this file")
+    use.add_argument("--num_samples", type=int, default=1, help="how many samples")
+    use.add_argument("--max_new_tokens", type=int, default=200, help="tokens per sample")
+    use.add_argument("--temperature", type=float, default=0.8, help="softmax temperature")
+    use.add_argument("--top_k", type=int, default=40, help="sample among the k likeliest tokens")
+    use.add_argument("--evaluate", action="store_true", help="the full validation loss and perplexity")
+    use.add_argument("--export_hf", metavar="DIR", help="write a Hugging Face LlamaForCausalLM directory")
     args = p.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    args.given = given  # the knobs set on the command line (a checkpoint's own config is overridden by these only)
     return make_config(given.pop("preset", Config.preset), **given), args
+
+
+def use_checkpoint(args):
+    """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
+    model, cfg = load_model(os.path.join(args.given.get("out_dir", Config.out_dir), "ckpt.pt"))
+    cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
+    device, ctx = setup_device(cfg)
+    model.to(device).eval()
+    print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {cfg.out_dir}/ckpt.pt")
+    if args.evaluate:
+        ensure_data(replace(cfg, sample_tokens=0), prepare=False)
+        val = evaluate_full(model, Data(cfg, device), ctx)
+        print(f"val loss {val:.4f} | perplexity {math.exp(val):.3f} | over every window of {dataset_path(cfg)}/val.bin")
+    if args.sample:
+        prompt = open(args.prompt_file).read() if args.prompt_file else args.prompt
+        for i in range(args.num_samples):
+            text = sample(model, cfg, device, ctx, prompt, args.max_new_tokens, args.temperature, args.top_k,
+                          seed=cfg.seed + i)
+            print(f"---- sample {i + 1}/{args.num_samples}\n{prompt}{text}")
+    if args.export_hf:
+        export_hf(model, cfg, args.export_hf)
+        print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,11 +348,14 @@ def ensure_data(cfg, prepare=True):
         tokenizer(cfg)  # now: an offline machine without the GPT-2 vocabulary stops here, not after the run
 
 
+def tokenizer_kind(cfg):
+    meta_path = os.path.join(dataset_path(cfg), "meta.json")
+    return json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
+
+
 def tokenizer(cfg):
     """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
-    meta_path = os.path.join(dataset_path(cfg), "meta.json")
-    kind = json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
-    if kind == "gpt2":
+    if tokenizer_kind(cfg) == "gpt2":
         import tiktoken
         try:  # tiktoken downloads the GPT-2 vocabulary on first use, then reads it from its cache
             enc = tiktoken.get_encoding("gpt2")
@@ -671,7 +707,7 @@ def masked_fraction(alive):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ---- 8. Evaluation and sampling ----
+# ---- 8. Evaluation, sampling and export to Hugging Face ----
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def estimate_loss(model, data, cfg, ctx):
@@ -702,12 +738,86 @@ def evaluate_full(model, data, ctx, split="val"):
     return total / count
 
 
-def sample(model, cfg, device, ctx):
+def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, top_k=40, seed=None):
+    """Text the model writes after the prompt (the prompt is not repeated)."""
     encode, decode = tokenizer(cfg)
-    prompt = torch.tensor([encode("\n")], dtype=torch.long, device=device)
+    ids = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
+    gen = torch.Generator(device).manual_seed(cfg.seed if seed is None else seed)
     with ctx:
-        out = model.generate(prompt, cfg.sample_tokens, gen=torch.Generator(device).manual_seed(cfg.seed))
-    return decode(out[0, 1:].tolist())
+        out = model.generate(ids, cfg.sample_tokens if n_new is None else n_new, temperature, top_k, gen)
+    return decode(out[0, ids.size(1):].tolist())
+
+
+def export_hf(model, cfg, out_dir):
+    """Write out_dir as a Hugging Face LlamaForCausalLM: config.json and model.safetensors (and, for GPT-2 BPE
+    data, the tokenizer files), so that transformers.AutoModelForCausalLM.from_pretrained(out_dir) gives the
+    same logits. Our model IS a Llama: RMSNorm (eps 1e-5), RoPE on (first half, second half) pairs (HF's
+    rotate_half), SwiGLU without biases, tied embeddings. Llama has one intermediate_size, so layers narrower
+    than the widest (global ranking) get zero neurons: zero gate and up rows give silu(0) * 0 = 0, exactly."""
+    from safetensors.torch import save_file  # installed with transformers
+    d, L, width = cfg.n_embd, cfg.n_layer, max(model.ffn_widths)
+    if len(set(model.ffn_widths)) > 1:
+        print(f"export: FFN widths {model.ffn_widths} padded with zero neurons to {width} (output unchanged)")
+    weights = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
+    for i, block in enumerate(model.blocks):
+        pre, pad = f"model.layers.{i}.", width - block.ffn.width
+        q, k, v = block.attn.qkv.weight.split(d, dim=0)
+        weights.update({pre + "self_attn.q_proj.weight": q, pre + "self_attn.k_proj.weight": k,
+                        pre + "self_attn.v_proj.weight": v, pre + "self_attn.o_proj.weight": block.attn.proj.weight,
+                        pre + "input_layernorm.weight": block.attn_norm.weight,
+                        pre + "post_attention_layernorm.weight": block.ffn_norm.weight,
+                        pre + "mlp.gate_proj.weight": F.pad(block.ffn.gate.weight, (0, 0, 0, pad)),  # (F, d)
+                        pre + "mlp.up_proj.weight": F.pad(block.ffn.up.weight, (0, 0, 0, pad)),
+                        pre + "mlp.down_proj.weight": F.pad(block.ffn.down.weight, (0, pad))})  # (d, F)
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: w.detach().float().contiguous().cpu() for k, w in weights.items()},
+              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    gpt2 = tokenizer_kind(cfg) == "gpt2"
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+              "hidden_size": d, "intermediate_size": width, "num_hidden_layers": L,
+              "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": d // cfg.n_head,
+              "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+              "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+              "bos_token_id": 50256 if gpt2 else None, "eos_token_id": 50256 if gpt2 else None}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    if gpt2:
+        import tiktoken
+        write_hf_tokenizer(tiktoken.get_encoding("gpt2"), out_dir, cfg.block_size)
+    return out_dir
+
+
+def bytes_to_unicode():
+    """GPT-2's map from bytes to printable characters, as its vocab.json and merges.txt spell tokens."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return {b: chr(c) for b, c in zip(printable + rest, printable + [256 + i for i in range(len(rest))])}
+
+
+def write_hf_tokenizer(enc, out_dir, max_len):
+    """A tiktoken byte-level BPE (GPT-2's) as Hugging Face GPT-2 tokenizer files: vocab.json, merges.txt. tiktoken
+    keeps only ranks; the merge that made each token is found by running BPE on it with the lower ranks."""
+    ranks, show = enc._mergeable_ranks, bytes_to_unicode()
+    spell = lambda token: "".join(show[b] for b in token)
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            i = min(range(len(parts) - 1), key=lambda j: ranks.get(parts[j] + parts[j + 1], math.inf))
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append(f"{spell(parts[0])} {spell(parts[1])}")
+    vocab = {spell(token): rank for token, rank in ranks.items()} | enc._special_tokens
+    eot = "<|endoftext|>"
+    files = {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+             "tokenizer_config.json": json.dumps({"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot,
+                                                  "unk_token": eot, "model_max_length": max_len,
+                                                  "add_prefix_space": False}),
+             "special_tokens_map.json": json.dumps({"bos_token": eot, "eos_token": eot, "unk_token": eot})}
+    for name, text in files.items():
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -801,11 +911,14 @@ def restore_checkpoint(run, ckpt):
 
 
 def load_model(path, device="cpu"):
-    """A trained (pruned) model from a checkpoint, at the widths it was saved with."""
+    """The model of a checkpoint, at the end of a run or from its middle: neurons masked but not yet compacted
+    are sliced out (they are zero: the outputs do not change), so it is the deployed model at its widths."""
     ckpt = read_checkpoint(path)
     cfg = Config(**ckpt["config"])
     model = GPT(cfg, ckpt["widths"])
     model.load_state_dict(ckpt["model"])
+    if not all(a.all() for a in ckpt["alive"]):
+        model.compact_ffn([a.nonzero().squeeze(1) for a in ckpt["alive"]])
     return model.to(device), cfg
 
 
@@ -1554,7 +1667,9 @@ def benchmark(cfg, steps=20, rounds=3):
 def main(argv=None):
     try:
         cfg, args = parse_args(argv)
-        if args.bench:
+        if args.sample or args.evaluate or args.export_hf:
+            use_checkpoint(args)
+        elif args.bench:
             benchmark(cfg)
         elif args.compare or args.ablation:
             suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),

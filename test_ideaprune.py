@@ -838,6 +838,60 @@ def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
         load_prepare("fineweb_edu").gpt2_encoding()
 
 
+# ---- 8. use the pruned model: a mid-run checkpoint, export to Hugging Face -------------------------------------------
+def test_load_model_from_the_middle_of_the_window_drops_masked_neurons(byte_data, tmp_path):
+    """A checkpoint with masked, not yet compacted neurons loads as the deployed model: those neurons sliced out,
+    the same logits as the masked model."""
+    cfg = tiny(byte_data, tmp_path, compact_frac=1.0)
+    t_p = ip.phase_steps(cfg)[0]
+    ip.train(cfg, stop_after=t_p + 2)
+    ckpt = load_ckpt(cfg)
+    masked = ip.GPT(ip.Config(**ckpt["config"]), ckpt["widths"])
+    masked.load_state_dict(ckpt["model"])
+    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    assert model.ffn_widths == [int(a.sum()) for a in ckpt["alive"]] and model.ffn_widths < ckpt["widths"]
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    torch.testing.assert_close(model(x)[0], masked(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_export_to_hugging_face_gives_the_same_logits(tmp_path):
+    """The real transformers (a test-only dependency, installed by .ci/run: this cannot pass by skipping) loads
+    the export as a LlamaForCausalLM with our logits within 1e-5 (float32; the two differ only in the order of
+    float operations). Layers of different widths (global ranking) are padded with zero neurons. Mutations
+    caught: RoPE's pairs interleaved instead of halves, q/k/v split in the wrong order, eps or tying wrong."""
+    import transformers
+    cfg, model, opt = trained_tiny_model(steps=3)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    ip.prune_(model, opt, [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)], alive, F_t, replace(cfg, ranking="global"))
+    ip.compact_(model, opt, [torch.zeros(3, F_e) for _ in alive], alive)
+    assert model.ffn_widths[0] < model.ffn_widths[1]
+    ip.export_hf(model, cfg, str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.intermediate_size == max(model.ffn_widths)
+    x = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
+    """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
+    with GPT-2's pre-tokenizer, built offline) load with AutoTokenizer and give tiktoken's ids."""
+    import tiktoken
+    import transformers
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t", b"\xc3\xa9"):
+        ranks[merge] = len(ranks)
+    gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
+                            special_tokens={"<|endoftext|>": len(ranks)})
+    ip.write_hf_tokenizer(enc, str(tmp_path), 64)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
+    assert tok.encode(text) == enc.encode_ordinary(text)
+    assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
+
+
 # ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
 def test_compare_and_ablation_suites(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
