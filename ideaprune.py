@@ -275,6 +275,9 @@ def use_checkpoint(args):
         ensure_data(replace(cfg, sample_tokens=0), prepare=False)
         val = evaluate_full(model, Data(cfg, device), ctx)
         print(f"val loss {val:.4f} | perplexity {math.exp(val):.3f} | over every window of {dataset_path(cfg)}/val.bin")
+        if tokenizer_kind(cfg) == "gpt2" and os.path.exists(HELLASWAG):
+            acc = hellaswag_accuracy(model, read_hellaswag(), tokenizer(cfg)[0], device, ctx, cfg.block_size)
+            print(f"hellaswag {acc:.4f} (length-normalized, {len(read_hellaswag()):,} examples)")
     if args.sample:
         prompt = open(args.prompt_file).read() if args.prompt_file else args.prompt
         for i in range(args.num_samples):
@@ -738,6 +741,41 @@ def evaluate_full(model, data, ctx, split="val"):
     return total / count
 
 
+HELLASWAG = os.path.join(ROOT, "data", "hellaswag", "val.jsonl")  # python data/hellaswag/prepare.py writes it
+
+
+def read_hellaswag(path=HELLASWAG):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@torch.no_grad()
+def hellaswag_accuracy(model, examples, encode, device, ctx, block_size):
+    """Zero-shot HellaSwag, the build-nanogpt way: each example's context followed by each of its 4 endings;
+    the model's mean loss over the ending's tokens (length-normalized: a long ending is not penalized for its
+    length); the guess is the ending with the lowest; returns the fraction guessed right."""
+    model.eval()
+    right = 0
+    for ex in examples:
+        context = encode(ex["ctx"])
+        rows = [(context + encode(" " + ending))[-block_size - 1:] for ending in ex["endings"]]
+        ending_lens = [len(encode(" " + ending)) for ending in ex["endings"]]
+        T = max(len(r) for r in rows)
+        tokens = torch.zeros(4, T, dtype=torch.long)
+        is_ending = torch.zeros(4, T - 1)  # over the predicted positions 1..T-1
+        for i, (row, n) in enumerate(zip(rows, ending_lens)):
+            tokens[i, :len(row)] = torch.tensor(row)
+            is_ending[i, len(row) - 1 - min(n, len(row) - 1):len(row) - 1] = 1
+        tokens, is_ending = tokens.to(device), is_ending.to(device)
+        with ctx:
+            logits = model(tokens[:, :-1])[0]
+        losses = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (4, T - 1)
+        mean = (losses * is_ending).sum(1) / is_ending.sum(1)
+        right += int(mean.argmin()) == ex["label"]
+    model.train()
+    return right / len(examples)
+
+
 def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, top_k=40, seed=None):
     """Text the model writes after the prompt (the prompt is not repeated)."""
     encode, decode = tokenizer(cfg)
@@ -1108,6 +1146,7 @@ class Run:
     peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
     sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
     fresh: bool = True                # the model was (re)wrapped: the next step compiles, keep it out of the ETA
+    hellaswag: list = None            # HellaSwag's examples, evaluated with GPT-2 BPE data (section 8)
     signal: int = None                # SIGTERM or SIGINT received by this process
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
@@ -1170,6 +1209,11 @@ def start_run(cfg, resume, overwrite=False):
         run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
     if ckpt:
         run.log.say(f"resumed from {os.path.join(cfg.out_dir, 'ckpt.pt')} at step {run.progress['step']}")
+    if tokenizer_kind(cfg) == "gpt2":  # zero-shot accuracy next to the loss, when its data is there
+        if os.path.exists(HELLASWAG):
+            run.hellaswag = read_hellaswag()
+        else:
+            run.log.say(f"HellaSwag: no {HELLASWAG}; python data/hellaswag/prepare.py adds it to every evaluation")
     if device.type == "cuda" and not run.peak:
         run.log.say(f"MFU: {torch.cuda.get_device_name(device)} is not in GPU_PEAK_BF16; pass --peak_flops")
     run.t0 = time.time() - run.progress["wall_s"]
@@ -1213,12 +1257,22 @@ def unwrap_ddp(model):
     return model.module if isinstance(model, DDP) else model
 
 
+def hellaswag(run, model):
+    """{"hellaswag": accuracy} on GPT-2 BPE data with HellaSwag prepared, else {}."""
+    if not run.hellaswag:
+        return {}
+    acc = hellaswag_accuracy(model, run.hellaswag, tokenizer(run.cfg)[0], run.device, run.ctx, run.cfg.block_size)
+    return {"hellaswag": acc}
+
+
 def evaluate(run, model, step):
     if run.rank == 0:
         est = estimate_loss(unwrap_ddp(model), run.data, run.cfg, run.ctx)
-        run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}")
+        hs = hellaswag(run, unwrap_ddp(model))
+        run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
+                    (f" | hellaswag {hs['hellaswag']:.4f}" if hs else ""))
         run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
-                      train_loss=est["train"], val_loss=est["val"])
+                      train_loss=est["train"], val_loss=est["val"], **hs)
 
 
 def prune_and_compact(run, step):
@@ -1340,13 +1394,14 @@ def finish_run(run, model):
     final = {"pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val), "params": run.raw_model.num_params(),
              "widths": run.raw_model.ffn_widths, "tokens": progress["tokens"],
              "flops": sum(progress["flops"].values()), "flops_by_phase": progress["flops"],
-             "wall_s": progress["wall_s"]}
+             "wall_s": progress["wall_s"], **hellaswag(run, unwrap_ddp(model))}
     run.log.write("final", **final)
     speed = mfu(final["flops"], progress["train_s"], run)
     print(f"done: {cfg.pipeline} | val loss {val:.4f} | ppl {math.exp(val):.2f} | params "
           f"{fmt_params(progress['params_start'])} -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M "
           f"tokens | {final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())})"
-          f" | {final['wall_s']:.0f} s" + (f" | mfu {100 * speed:.1f}% (training steps)" if speed else ""))
+          f" | {final['wall_s']:.0f} s" + (f" | mfu {100 * speed:.1f}% (training steps)" if speed else "") +
+          (f" | hellaswag {final['hellaswag']:.4f}" if "hellaswag" in final else ""))
     if cfg.compile:
         print(f"torch.compile: {torch._dynamo.utils.counters['stats']['unique_graphs']} graphs compiled in this process")
     if cfg.sample_tokens:
@@ -1449,7 +1504,14 @@ def plot_run(records, path):
     losses = [r["loss"] for r in train]
     ax_loss.set_ylim(min(losses) - 0.05, np.percentile(losses, 95) + 0.1)  # the first steps would flatten the rest
     ax_loss.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)", title="loss")
-    ax_loss.legend(fontsize=8)
+    ax_loss.legend(fontsize=8, loc="upper center")
+    scored = [r for r in evals if "hellaswag" in r]
+    if scored:  # zero-shot accuracy, on its own axis, against the same tokens
+        ax_hs = ax_loss.twinx()
+        ax_hs.plot([r["tokens"] / 1e6 for r in scored], [r["hellaswag"] for r in scored], "s-", color="#2ca02c",
+                   label="HellaSwag accuracy")
+        ax_hs.set_ylabel("HellaSwag accuracy (length-normalized)")
+        ax_hs.legend(fontsize=8, loc="upper right")
     shade_phases(ax_ffn, header, labels=False)
     ax_ffn.plot(steps, [r["ffn"] for r in train], color="k")
     ax_ffn.axhline(header["F_t"], ls="--", color="gray", lw=1, label=f"target F_t = {header['F_t']}")
@@ -1541,14 +1603,15 @@ def plot_compare(runs, prefix):
 
 
 def results_table(runs):
-    """Markdown: one row per pipeline, from the final record of its log."""
-    rows = ["| pipeline | val loss | perplexity | params | FFN widths | tokens | training FLOPs | wall time |",
-            "|---|---|---|---|---|---|---|---|"]
-    for name, recs in runs.items():
-        f = next(r for r in recs if r["kind"] == "final")
-        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} | {fmt_params(f['params'])} | "
-                    f"{'/'.join(map(str, sorted(set(f['widths']))))} | {f['tokens'] / 1e6:.2f}M | "
-                    f"{f['flops']:.3g} | {f['wall_s']:.0f} s |")
+    """Markdown: one row per pipeline, from the final record of its log (HellaSwag when the runs measured it)."""
+    finals = {name: next(r for r in recs if r["kind"] == "final") for name, recs in runs.items()}
+    hs = all("hellaswag" in f for f in finals.values())
+    rows = ["| pipeline | val loss | perplexity |" + (" HellaSwag |" if hs else "") +
+            " params | FFN widths | tokens | training FLOPs | wall time |", "|---" * (8 + hs) + "|"]
+    for name, f in finals.items():
+        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} |" + (f" {f['hellaswag']:.4f} |" if hs else "") +
+                    f" {fmt_params(f['params'])} | {'/'.join(map(str, sorted(set(f['widths']))))} | "
+                    f"{f['tokens'] / 1e6:.2f}M | {f['flops']:.3g} | {f['wall_s']:.0f} s |")
     return "\n".join(rows) + "\n"
 
 

@@ -892,6 +892,50 @@ def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
 
 
+def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path):
+    """Hand-written examples whose right answers the tiny model's own losses decide: each ending scored alone,
+    by hand, as the mean loss over its tokens. The scorer must find every answer (accuracy 1), miss every
+    shifted one (0), and, in at least one example, disagree with the lowest *summed* loss, so that length
+    normalization is what is tested, and in one, with the mean over context and ending. Mutations caught: the
+    summed loss; the context's tokens counted; the highest loss picked; the ending mask off by one."""
+    cfg = tiny(byte_data, tmp_path)
+    ip.train(cfg)
+    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    encode = lambda text: list(text.encode())
+    examples = [{"ctx": "the king", "endings": ["speaks to the lady and", "qz", "xqjv zzkq", "comes from the"]},
+                {"ctx": "lady", "endings": ["zq", "goes to the castle at", "night and day but", "kqxz jvq"]},
+                {"ctx": "from the", "endings": ["field and", "castle", "qqqq", "day not"]},
+                {"ctx": "qqqqqqqqqqqq", "endings": ["the", "king speaks to the", "qz", "xqj"]}]
+
+    def all_losses(ctx, ending):
+        ids = torch.tensor([encode(ctx) + encode(" " + ending)])
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(ids[:, :-1])[0][0], ids[0, 1:], reduction="none")
+    sums_disagree = context_disagrees = False
+    for ex in examples:
+        rows = [all_losses(ex["ctx"], e) for e in ex["endings"]]
+        endings = [r[-len(encode(" " + e)):] for r, e in zip(rows, ex["endings"])]
+        ex["label"] = int(np.argmin([s.mean().item() for s in endings]))
+        sums_disagree |= int(np.argmin([s.sum().item() for s in endings])) != ex["label"]
+        context_disagrees |= int(np.argmin([r.mean().item() for r in rows])) != ex["label"]
+    assert sums_disagree and context_disagrees
+    score = lambda exs: ip.hellaswag_accuracy(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
+    assert score(examples) == 1.0
+    assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples]) == 0.0
+
+
+def test_hellaswag_prepare_checks_every_line(tmp_path):
+    prep = load_prepare("hellaswag")
+    good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 2, "split": "val"}
+    src = tmp_path / "hellaswag_val.jsonl"
+    src.write_text("\n".join(json.dumps(good) for _ in range(5)) + "\n")
+    prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
+    assert ip.read_hellaswag(str(tmp_path / "val.jsonl")) == [{k: good[k] for k in ("ctx", "endings", "label")}] * 5
+    src.write_text(json.dumps({**good, "endings": ["a", "b"]}) + "\n")
+    with pytest.raises(SystemExit, match="line 1 is not a HellaSwag example"):
+        prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
+
+
 # ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
 def test_compare_and_ablation_suites(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
@@ -933,6 +977,14 @@ def test_plots_from_a_synthetic_log(tmp_path):
     written = ip.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
                               str(tmp_path / "cmp"))
     assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
+    # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
+    scored = [header] + train + [{**r, "hellaswag": 0.25 + r["step"] / 1000} for r in evals]
+    ip.plot_run(scored, str(tmp_path / "scored.png"))
+    final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
+             "flops": 6e7, "wall_s": 5}
+    table = ip.results_table({"a": scored + [{**final, "hellaswag": 0.3}], "b": scored + [{**final, "hellaswag": 0.29}]})
+    assert "| HellaSwag |" in table and "| 0.3000 |" in table
+    assert "HellaSwag" not in ip.results_table({"a": records + [final]})
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--pin"]:  # rewrite PINNED from a fresh run of the current code
