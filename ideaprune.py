@@ -12,12 +12,14 @@ Run manual
   python ideaprune.py --preset cpu                     # 2-core CPU, ~5 min: Shakespeare bytes, ~1.9M -> ~0.9M
   python ideaprune.py --preset cpu --pipeline scratch  # the same tokens and schedule, target size from step 0
   python ideaprune.py --preset cpu --compare           # scratch, integrated, minitron, sheared + figures, table
-  python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs re-warmed
+  python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs rewarmed
   python ideaprune.py --preset cpu --compare --replot  # figures and table again from the logs, no training
   python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
   torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
   python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
                                                        # SIGTERM / Ctrl-C, which checkpoint at the step's end)
+  python ideaprune.py --out_dir out --evaluate --sample --prompt "ROMEO."   # use a checkpoint (any step of a run)
+  python ideaprune.py --out_dir out --export_hf out/hf # a Hugging Face LlamaForCausalLM directory
   python ideaprune.py --preset cpu --bench             # step time: importance tracking off/on, compacted/built
   python ideaprune.py --help                           # every knob and its default; any knob overrides a preset
   python -m pytest -q                                  # the tests, on CPU
@@ -262,31 +264,6 @@ def parse_args(argv=None):
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
     args.given = given  # the knobs set on the command line (a checkpoint's own config is overridden by these only)
     return make_config(given.pop("preset", Config.preset), **given), args
-
-
-def use_checkpoint(args):
-    """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
-    model, cfg = load_model(os.path.join(args.given.get("out_dir", Config.out_dir), "ckpt.pt"))
-    cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
-    device, ctx = setup_device(cfg)
-    model.to(device).eval()
-    print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {cfg.out_dir}/ckpt.pt")
-    if args.evaluate:
-        ensure_data(replace(cfg, sample_tokens=0), prepare=False)
-        val = evaluate_full(model, Data(cfg, device), ctx)
-        print(f"val loss {val:.4f} | perplexity {math.exp(val):.3f} | over every window of {dataset_path(cfg)}/val.bin")
-        if tokenizer_kind(cfg) == "gpt2" and os.path.exists(HELLASWAG):
-            acc = hellaswag_accuracy(model, read_hellaswag(), tokenizer(cfg)[0], device, ctx, cfg.block_size)
-            print(f"hellaswag {acc:.4f} (length-normalized, {len(read_hellaswag()):,} examples)")
-    if args.sample:
-        prompt = open(args.prompt_file).read() if args.prompt_file else args.prompt
-        for i in range(args.num_samples):
-            text = sample(model, cfg, device, ctx, prompt, args.max_new_tokens, args.temperature, args.top_k,
-                          seed=cfg.seed + i)
-            print(f"---- sample {i + 1}/{args.num_samples}\n{prompt}{text}")
-    if args.export_hf:
-        export_hf(model, cfg, args.export_hf)
-        print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1725,6 +1702,32 @@ def benchmark(cfg, steps=20, rounds=3):
         for name in ("enlarged, tracking off", "target, built at F_t"):
             print(f"compiled / eager ({name.split(',')[0]}): {med[name + ', compiled'] / med[name]:.3f}x")
     return med
+
+
+def use_checkpoint(args):
+    """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
+    model, cfg = load_model(os.path.join(args.given.get("out_dir", Config.out_dir), "ckpt.pt"))
+    cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
+    device, ctx = setup_device(cfg)
+    model.to(device).eval()
+    print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {cfg.out_dir}/ckpt.pt")
+    if args.evaluate:
+        ensure_data(replace(cfg, sample_tokens=0), prepare=False)
+        val = evaluate_full(model, Data(cfg, device), ctx)
+        print(f"val loss {val:.4f} | perplexity {math.exp(val):.3f} | over every window of {dataset_path(cfg)}/val.bin")
+        if tokenizer_kind(cfg) == "gpt2" and os.path.exists(HELLASWAG):
+            examples = read_hellaswag()
+            acc = hellaswag_accuracy(model, examples, tokenizer(cfg)[0], device, ctx, cfg.block_size)
+            print(f"hellaswag {acc:.4f} (length-normalized, {len(examples):,} examples)")
+    if args.sample:
+        prompt = open(args.prompt_file).read() if args.prompt_file else args.prompt
+        for i in range(args.num_samples):
+            text = sample(model, cfg, device, ctx, prompt, args.max_new_tokens, args.temperature, args.top_k,
+                          seed=cfg.seed + i)
+            print(f"---- sample {i + 1}/{args.num_samples}\n{prompt}{text}")
+    if args.export_hf:
+        export_hf(model, cfg, args.export_hf)
+        print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 
 def main(argv=None):
