@@ -578,7 +578,8 @@ def test_compile_follows_every_compaction(byte_data, tmp_path):
 
 
 def test_bfloat16_autocast_on_cpu_through_every_phase(byte_data, tmp_path):
-    """The autocast path that a GPU run takes, on CPU: every phase, compactions, a finite result that learned."""
+    """The autocast path that a GPU run takes, on CPU: every phase, compactions, a finite result that learned.
+    Mutation caught: autocast never entered (the losses would equal float32's exactly)."""
     cfg = tiny(byte_data, tmp_path, dtype="bfloat16", device="cpu")
     final = ip.train(cfg)
     records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
@@ -586,6 +587,11 @@ def test_bfloat16_autocast_on_cpu_through_every_phase(byte_data, tmp_path):
     assert final["widths"] == [ip.ffn_sizes(cfg)[0]] * cfg.n_layer
     evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
     assert math.isfinite(final["val_loss"]) and evals[-1] < evals[0] - 0.5
+    # and it really computed in bfloat16: the same run in float32 gives close, but not equal, losses
+    fp32 = tiny(byte_data, tmp_path / "fp32", dtype="float32", device="cpu")
+    ip.train(fp32)
+    bf16_losses, fp32_losses = train_losses(cfg.out_dir), train_losses(fp32.out_dir)
+    assert bf16_losses != fp32_losses and bf16_losses == pytest.approx(fp32_losses, abs=0.1)
 
 
 def test_flops_per_token_and_mfu_by_hand():
