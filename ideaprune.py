@@ -14,6 +14,9 @@ Run manual
   python ideaprune.py --preset cpu --compare           # scratch, integrated, minitron, sheared + figures, table
   python ideaprune.py --preset cpu --ablation          # one-shot prune, then LR resumed vs rewarmed
   python ideaprune.py --preset cpu --compare --replot  # figures and table again from the logs, no training
+  python ideaprune.py --preset demo --compare          # an FFN-starved target: where enlarging pays (README)
+  python ideaprune.py --preset demo --sweep enlarge=1.5,2.5,4,6   # integrated once per value, and scratch:
+                                                       # final loss against the knob (f1/f2=mean/max,max/max too)
   python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
   torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
   python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
@@ -58,7 +61,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 @dataclass
 class Config:
     # what to run
-    preset: str = "cpu"              # cpu | tiny | 300m: base values; any flag below overrides them
+    preset: str = "cpu"              # cpu | demo | tiny | 300m: base values; any flag below overrides them
     pipeline: str = "integrated"     # integrated (IDEA Prune) | scratch | minitron | sheared | resumed | rewarmed
     pruning: str = ""                # iterative | oneshot | none; empty = what --pipeline implies
     lr_schedule: str = ""            # unified | restarted | rewarm; empty = what --pipeline implies
@@ -123,6 +126,9 @@ class Config:
 PRESETS = {
     # the defaults above: the whole integrated run in ~5 minutes on 2 CPU cores
     "cpu": {},
+    # the cpu preset with an FFN-starved target (F_t = d_model, enlarged 4x to 512): here FFN width is the
+    # bottleneck, so enlarging pays and the paper's ordering shows (README, Results); ~2.5 minutes a run
+    "demo": dict(ffn_hidden=128, enlarge=4.0),
     # seconds on a CPU: what the tests run
     "tiny": dict(batch_size=8, block_size=32, n_layer=2, n_head=2, n_embd=32, ffn_hidden=64, enlarge=2.0,
                  ffn_multiple=16, max_steps=40, lr=3e-3, warmup_steps=4, ema_warmup=5, eval_every=20,
@@ -248,7 +254,10 @@ def parse_args(argv=None):
     p.add_argument("--compare", action="store_true", help=f"run {', '.join(COMPARE)}; then figures and a table")
     p.add_argument("--ablation", action="store_true",
                    help=f"run {', '.join(ABLATION)}: one-shot prune, then the LR resumed vs rewarmed")
-    p.add_argument("--replot", action="store_true", help="with --compare/--ablation: only redraw from the logs")
+    p.add_argument("--sweep", metavar="KNOB=V1,V2,...", help="run --pipeline once per value of a knob, and scratch; "
+                   "plot the final loss against it (knobs swept together: f1/f2=mean/max,max/max)")
+    p.add_argument("--ceiling", action="store_true", help="with --sweep: also train the enlarged width throughout")
+    p.add_argument("--replot", action="store_true", help="with --compare/--ablation/--sweep: only redraw from the logs")
     p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
     use = p.add_argument_group("use a trained model: --out_dir's ckpt.pt, from the end of a run or its middle")
     use.add_argument("--sample", action="store_true", help="write text after --prompt (nanoGPT's sample.py)")
@@ -1128,6 +1137,9 @@ class Run:
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 
+WHERE = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops")  # not what is trained
+
+
 def check_dir(flag, path):
     """Refuse a folder that cannot be made (a file in its path, no permission), without making anything yet."""
     parent = os.path.abspath(path)
@@ -1151,8 +1163,7 @@ def start_run(cfg, resume, overwrite=False):
     ckpt = None
     if resume:
         ckpt = read_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        where = {k: getattr(cfg, k) for k in ("out_dir", "plot_dir", "device", "compile", "compile_backend",
-                                              "peak_flops")}
+        where = {k: getattr(cfg, k) for k in WHERE}
         cfg = replace(Config(**ckpt["config"]), **where)  # the run's own config; only where it runs may change
     validate(cfg)
     rank, world = init_distributed(cfg)
@@ -1592,8 +1603,65 @@ def results_table(runs):
     return "\n".join(rows) + "\n"
 
 
+def plot_sweep(knobs, results, pipeline, path):
+    """Final validation loss against a swept knob (the paper's Figures 3, 4 and 1 left): the pruning pipeline per
+    value, scratch at F_t (and the ceiling, F_e throughout) as references; below, the gap to scratch."""
+    plt = _plt()
+    labels = ["/".join(map(str, r["value"])) for r in results]
+    numeric = len(knobs) == 1 and all(isinstance(r["value"][0], (int, float)) for r in results)
+    x = [r["value"][0] for r in results] if numeric else list(range(len(results)))
+    fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    styles = {"arm": ("o-", "#d62728", pipeline), "scratch": ("s--", "#7f7f7f", "scratch (F_t throughout)"),
+              "ceiling": ("^:", "#1f77b4", "ceiling (F_e throughout)")}
+    for role, (style, color, label) in styles.items():
+        if role not in results[0]:
+            continue
+        y = [r[role]["val_loss"] for r in results]
+        if role != "arm" and len(set(y)) == 1:  # one run for every value: a reference line
+            ax.axhline(y[0], ls=style[1:], color=color, label=f"{label}: {y[0]:.4f}")
+        else:
+            ax.plot(x, y, style, color=color, label=label)
+        if role != "scratch":
+            ax_gap.plot(x, [r[role]["val_loss"] - r["scratch"]["val_loss"] for r in results], style, color=color,
+                        label=f"{label} - scratch")
+    ax_gap.axhline(0, color="#7f7f7f", lw=1)
+    name = "/".join(knobs)
+    ax.set(ylabel="final validation loss (nats/token)", title=f"{pipeline}: final validation loss against {name}")
+    ax.legend(fontsize=8)
+    ax_gap.set(xlabel=name, ylabel="minus scratch (nats)")
+    ax_gap.legend(fontsize=8)
+    ax_gap.set_xticks(x, labels, rotation=30 if not numeric else 0)
+    if knobs == ("max_steps",):
+        ax_gap.set_xscale("log", base=2)
+        ax_gap.set_xticks(x, labels)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_table(knobs, results, pipeline):
+    """Markdown: one row per value; with several seeds (--sweep seed=...), the mean paired gap and its SE."""
+    ceiling = "ceiling" in results[0]
+    rows = [f"| {'/'.join(knobs)} | {pipeline} | scratch | gap |" + (" ceiling |" if ceiling else "") +
+            " tokens | wall time |", "|---" * (6 + ceiling) + "|"]
+    gaps = []
+    for r in results:
+        gaps.append(r["arm"]["val_loss"] - r["scratch"]["val_loss"])
+        rows.append(f"| {'/'.join(map(str, r['value']))} | {r['arm']['val_loss']:.4f} | {r['scratch']['val_loss']:.4f} "
+                    f"| {gaps[-1]:+.4f} |" + (f" {r['ceiling']['val_loss']:.4f} |" if ceiling else "") +
+                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['wall_s']:.0f} s |")
+    if knobs == ("seed",) and len(gaps) > 1:
+        se = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps)))
+        rows.append(f"\nPaired by seed: mean gap {np.mean(gaps):+.4f}, standard error {se:.4f} "
+                    f"({abs(np.mean(gaps)) / se:.2f} SE); {pipeline} better in {sum(g < 0 for g in gaps)} of "
+                    f"{len(gaps)} seeds.")
+    return "\n".join(rows) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# ---- 12. Main: one run, or a suite of runs (--compare, --ablation) with figures and a results table ----
+# ---- 12. Main: one run, or a suite of runs (--compare, --ablation, --sweep) with figures and a results table ----
 # ---------------------------------------------------------------------------------------------------------------
 def train_and_plot(cfg, resume=False, overwrite=False):
     """A run, then its figure. The plot is drawn here, not in train(), so tests and notebooks train without
@@ -1602,6 +1670,45 @@ def train_and_plot(cfg, resume=False, overwrite=False):
     if final:  # None on ranks other than 0
         plot_run(read_log(os.path.join(cfg.out_dir, "log.jsonl")), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
     return final
+
+
+# knobs that change nothing a run trains: where it runs, what it prints, and the preset (its values are all logged)
+UNTRAINED = WHERE + ("preset", "sample_tokens", "log_every", "ckpt_every")
+
+
+def finished_or_resumable(cfg):
+    """'finished' or 'resume' when cfg.out_dir holds a run of this very config (so a suite or sweep uses it
+    instead of training it again: runs are shared between them, and a suite stopped midway goes on where it
+    stopped); None when it holds nothing, or a run of another config (which check_out_dir then refuses)."""
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    if not (os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")) and os.path.exists(log_path)):
+        return None
+    records = read_log(log_path)
+    header = records[0] if records and records[0]["kind"] == "config" else {}
+    if any(header.get(k) != v for k, v in asdict(cfg).items() if k not in UNTRAINED):
+        return None
+    return "finished" if any(r["kind"] == "final" for r in records) else "resume"
+
+
+def check_arms(subs, overwrite):
+    for sub in subs:  # refuse before the first run, not after it: no arm may overwrite another config's run
+        if overwrite or not finished_or_resumable(sub):
+            check_out_dir(sub.out_dir, False, overwrite)
+
+
+def run_arm(cfg, overwrite=False, replot=False):
+    """One run of a suite or sweep, unless out_dir already holds it finished; its log records."""
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    state = None if overwrite else finished_or_resumable(cfg)
+    if state == "finished" and not replot:
+        print(f"{cfg.out_dir} holds this run, finished: reused")
+    elif not replot:
+        train_and_plot(cfg, resume=state == "resume", overwrite=overwrite)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None  # under torchrun, rank 0 draws the figures
+    if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
+        raise ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
+    return read_log(log_path)
 
 
 def suite_configs(cfg, names):
@@ -1615,23 +1722,16 @@ def suite_configs(cfg, names):
 
 def run_suite(cfg, names, label, replot=False, overwrite=False):
     """Train each named pipeline from the same seed and data order, each into out_dir/<name>, then compare."""
-    runs = {}
     subs = suite_configs(cfg, names)
-    if not replot:  # refuse before the first run, not after it: no sub-run may overwrite a checkpoint
-        for sub in subs:
-            check_out_dir(sub.out_dir, False, overwrite)
+    if not replot:
+        check_arms(subs, overwrite)
+    runs = {}
     for name, sub in zip(names, subs):
-        log_path = os.path.join(sub.out_dir, "log.jsonl")
         if not replot:
             print(f"\n==== {label}: {name} ====")
-            train_and_plot(sub, overwrite=overwrite)
-        if dist.is_initialized() and dist.get_rank() != 0:
-            continue  # under torchrun, rank 0 draws the comparison
-        if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in read_log(log_path)):
-            raise ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
-        runs[name] = read_log(log_path)
-    if not runs:
-        return runs
+        runs[name] = run_arm(sub, overwrite, replot)
+    if None in runs.values():
+        return {}
     written = plot_compare(runs, os.path.join(cfg.plot_dir, label))
     table = results_table(runs)
     for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
@@ -1639,6 +1739,103 @@ def run_suite(cfg, names, label, replot=False, overwrite=False):
             f.write(table)
     print(f"\n{table}\nwrote {', '.join(written)} and {label}_results.md")
     return runs
+
+
+# ---- sweeps: the paper's robustness figures (Figures 3, 4, 1 left) from one command each ----
+PRUNING_KNOBS = ("enlarge", "ffn_multiple", "prune_start", "prune_len", "prune_every", "ema_beta", "ema_warmup",
+                 "f1", "f2", "ranking", "compact_frac")  # what a model trained at F_t from scratch never reads
+
+
+def parse_sweep(spec):
+    """'enlarge=1.5,2.6,4' -> (('enlarge',), [(1.5,), (2.6,), (4.0,)]); knobs swept together are joined by '/':
+    'f1/f2=mean/max,max/max'. Each value is typed as its Config field."""
+    types = {f.name: f.type for f in fields(Config)}
+    knobs, _, values = spec.partition("=")
+    knobs = tuple(knobs.split("/"))
+    bad = [k for k in knobs if k not in types or k in UNTRAINED + ("pipeline", "pruning", "lr_schedule")]
+    if not values or bad:
+        raise ConfigError(f"--sweep {spec!r}: write KNOB=V1,V2,... with KNOB a training knob (e.g. enlarge=1.5,2.6,4 "
+                          f"or f1/f2=mean/max,max/max)" + (f"; {', '.join(bad)} is not one" if bad else ""))
+    parsed = []
+    for value in values.split(","):
+        parts = value.split("/")
+        if len(parts) != len(knobs):
+            raise ConfigError(f"--sweep: value {value!r} has {len(parts)} parts for the {len(knobs)} knobs "
+                              f"{'/'.join(knobs)}")
+        try:
+            parsed.append(tuple(types[k](v) for k, v in zip(knobs, parts)))
+        except ValueError:
+            raise ConfigError(f"--sweep: {value!r} is not a value of {'/'.join(knobs)}") from None
+    if len(set(parsed)) != len(parsed):
+        raise ConfigError(f"--sweep {spec!r}: a value is given twice")
+    return knobs, parsed
+
+
+def sweep_arms(cfg, knobs, values, ceiling=False):
+    """Per value: cfg.pipeline with the value set, scratch at F_t and (ceiling=True) scratch at F_e, the width
+    trained throughout. An arm is named by the swept values it depends on ('integrated_enlarge=6', 'scratch'), so
+    an arm that does not depend on the knob (scratch in an ema_beta sweep) is one run for all values, and a
+    value equal to cfg's own is the plain 'integrated' of --compare in the same --out_dir: runs are shared."""
+    if cfg.pruning == "none":
+        raise ConfigError(f"--sweep compares a pruning pipeline with scratch; --pipeline {cfg.pipeline} prunes nothing")
+    arms = []
+    for value in values:
+        setting = dict(zip(knobs, value))
+        run = replace(cfg, **setting)
+        changed = [f"{k}={v}" for k, v in setting.items() if v != getattr(cfg, k)]
+        unpruned = [c for c in changed if c.split("=")[0] not in PRUNING_KNOBS]
+        F_e = ffn_sizes(run)[1]
+        refs = [("scratch", run.ffn_hidden, unpruned)]
+        if ceiling:  # named by its width where that differs from cfg's F_e
+            refs.append(("ceiling", F_e, ([f"F{F_e}"] if F_e != ffn_sizes(cfg)[1] else []) + unpruned))
+        row = {"value": value, "arm": ("_".join([cfg.pipeline] + changed), run)}
+        reference = replace(cfg, pipeline="scratch", pruning="", lr_schedule="",  # cfg's own pruning knobs: unread
+                            **{k: v for k, v in setting.items() if k not in PRUNING_KNOBS})
+        for role, width, tags in refs:
+            row[role] = ("_".join([role] + tags), replace(reference, ffn_hidden=width))
+        for role in ("arm", "scratch", "ceiling"):
+            if role in row:
+                name, sub = row[role]
+                row[role] = (name, replace(sub, out_dir=os.path.join(cfg.out_dir, name),
+                                           plot_dir=os.path.join(cfg.out_dir, name)))
+                try:
+                    validate(row[role][1])
+                except ConfigError as e:
+                    raise ConfigError(f"--sweep, at {name}: {e}") from None
+        arms.append(row)
+    return arms
+
+
+def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
+    """--sweep KNOB=V1,...: train every arm once (shared and finished ones are reused), then the figure and the
+    table: final validation loss against the knob, scratch (and the ceiling) as references."""
+    knobs, values = parse_sweep(spec)
+    rows = sweep_arms(cfg, knobs, values, ceiling)
+    unique = {}
+    for row in rows:
+        for role in ("arm", "scratch", "ceiling"):
+            if role in row:
+                unique.setdefault(*row[role])
+    if not replot:
+        check_arms(unique.values(), overwrite)
+    finals = {}
+    for i, (name, sub) in enumerate(unique.items()):
+        if not replot:
+            print(f"\n==== sweep {'/'.join(knobs)}: {name} ({i + 1} of {len(unique)}) ====")
+        records = run_arm(sub, overwrite, replot)
+        if records is None:
+            return None
+        finals[name] = next(r for r in records if r["kind"] == "final")
+    label = "sweep_" + "_".join(knobs)
+    results = [{"value": row["value"], **{role: finals[row[role][0]] for role in ("arm", "scratch", "ceiling")
+                                          if role in row}} for row in rows]
+    path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir, f"{label}.png"))
+    table = sweep_table(knobs, results, cfg.pipeline)
+    for out in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
+        with open(out, "w") as f:
+            f.write(table)
+    print(f"\n{table}\nwrote {path} and {label}_results.md")
+    return results
 
 
 def benchmark(cfg, steps=20, rounds=3):
@@ -1741,11 +1938,12 @@ def main(argv=None):
             suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
                                                                ("ablation", ABLATION, args.ablation)) if on]
             for label, names in suites:  # refuse bad knobs and used out_dirs before the first run starts
-                for sub in suite_configs(cfg, names):
-                    if not args.replot:
-                        check_out_dir(sub.out_dir, False, args.overwrite)
+                if not args.replot:
+                    check_arms(suite_configs(cfg, names), args.overwrite)
             for label, names in suites:
                 run_suite(cfg, names, label, replot=args.replot, overwrite=args.overwrite)
+        elif args.sweep:
+            run_sweep(cfg, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
         else:
             train_and_plot(cfg, resume=args.resume, overwrite=args.overwrite)
         if dist.is_initialized():

@@ -453,9 +453,9 @@ def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path):
         ip.train(replace(cfg, seed=2))
     assert {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)} == before
     assert ip.train(replace(cfg, seed=2), overwrite=True)["val_loss"] > 0
-    # a suite refuses before its first run when any of its sub-runs would overwrite one
+    # a suite refuses before its first run when any of its sub-runs would overwrite one of another config
     suite = tiny(byte_data, tmp_path / "suite")
-    ip.train(replace(suite, pipeline="sheared", out_dir=os.path.join(suite.out_dir, "sheared")))
+    ip.train(replace(suite, pipeline="sheared", seed=2, out_dir=os.path.join(suite.out_dir, "sheared")))
     with pytest.raises(ip.ConfigError, match="sheared already holds a run"):
         ip.run_suite(suite, ip.COMPARE, "compare")
     assert not os.path.exists(os.path.join(suite.out_dir, "scratch"))
@@ -712,7 +712,12 @@ def fuzz_cases(good, bad_data, empty_dir):
               (["--resume", "--out_dir", empty_dir], "ckpt.pt"), (["--compare", "--replot", "--out_dir", empty_dir],
                                                                   "log.jsonl"),
               (["--unknown_flag", "1"], "--unknown_flag"), (["--device", "cuda"], "--device"),
-              (["--device", "cuda:3"], "--device"), (["--device", "mps"], "--device"), (["--device", "tpu"], "--device")]
+              (["--device", "cuda:3"], "--device"), (["--device", "mps"], "--device"),
+              (["--device", "tpu"], "--device"),
+              (["--sweep", "nonsense=1,2"], "--sweep"), (["--sweep", "enlarge=2,x"], "--sweep"),
+              (["--sweep", "out_dir=a,b"], "--sweep"), (["--sweep", "f1/f2=mean,max"], "--sweep"),
+              (["--sweep", "enlarge=2,2.0"], "--sweep"), (["--sweep", "enlarge=0.5,2"], "--enlarge"),
+              (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep")]
     cases += [(["--data_dir", d], name) for d, name in bad_data]
     base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
     return [(base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
@@ -969,6 +974,77 @@ def test_compare_and_ablation_suites(byte_data, tmp_path):
     losses = {n: [r["loss"] for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
     assert losses["resumed"][:t_p + 1] == losses["rewarmed"][:t_p + 1]
     assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
+
+
+def test_sweep_arms_reuse_and_resume(byte_data, tmp_path):
+    """A sweep trains each distinct run once, shares runs with --compare in the same out_dir, reuses finished
+    ones, resumes an interrupted one, and still refuses a run of another config."""
+    cfg = tiny(byte_data, tmp_path)
+    ip.train(replace(cfg, pipeline="scratch", pruning="", out_dir=os.path.join(cfg.out_dir, "scratch")),
+             stop_after=20)  # an interrupted arm: the sweep continues it
+    results = ip.run_sweep(cfg, "ema_beta=0.3,0.5")
+    assert sorted(os.listdir(cfg.out_dir)) == ["integrated", "integrated_ema_beta=0.3", "scratch",
+                                               "sweep_ema_beta_results.md"]
+    scratch_log = open(os.path.join(cfg.out_dir, "scratch", "log.jsonl")).read()
+    assert scratch_log.count('"kind": "final"') == 1 and scratch_log.count('"kind": "train"') == cfg.max_steps
+    assert results[0]["scratch"] == results[1]["scratch"]  # one scratch run serves every value
+    # the sweep's runs are --compare's: integrated and scratch are reused, not trained again
+    before = {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in ("integrated", "scratch")}
+    runs = ip.run_suite(cfg, ip.COMPARE, "compare")
+    assert {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in before} == before
+    assert next(r for r in runs["integrated"] if r["kind"] == "final") == results[1]["arm"]
+    assert os.path.getsize(os.path.join(cfg.plot_dir, "sweep_ema_beta.png")) > 10_000
+    # the same sweep with another seed is other runs, and it refuses to overwrite them
+    with pytest.raises(ip.ConfigError, match="integrated_ema_beta=0.3 already holds a run"):
+        ip.run_sweep(replace(cfg, seed=3), "ema_beta=0.3,0.5")
+
+
+def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
+    assert ip.parse_sweep("enlarge=1.5,4") == (("enlarge",), [(1.5,), (4.0,)])
+    assert ip.parse_sweep("max_steps=200,400") == (("max_steps",), [(200,), (400,)])
+    assert ip.parse_sweep("f1/f2=mean/max,max/mean") == (("f1", "f2"), [("mean", "max"), ("max", "mean")])
+    for bad in ("enlarge", "enlarge=", "nope=1", "seed=1,x", "f1/f2=mean", "preset=cpu,tiny", "seed=1,1"):
+        with pytest.raises(ip.ConfigError, match="--sweep"):
+            ip.parse_sweep(bad)
+    cfg = ip.make_config("demo", out_dir=str(tmp_path))
+    names = lambda spec, ceiling=False: [{role: row[role][0] for role in ("arm", "scratch", "ceiling") if role in row}
+                                         for row in ip.sweep_arms(cfg, *ip.parse_sweep(spec), ceiling)]
+    # a knob scratch never reads: one scratch for all; cfg's own value is the plain run of --compare
+    assert names("ema_beta=0.3,0.5") == [{"arm": "integrated_ema_beta=0.3", "scratch": "scratch"},
+                                         {"arm": "integrated", "scratch": "scratch"}]
+    # the token budget changes every arm; the ceiling is F_e trained throughout, named by its width where it differs
+    assert names("max_steps=400,800", True) == [
+        {"arm": "integrated_max_steps=400", "scratch": "scratch_max_steps=400", "ceiling": "ceiling_max_steps=400"},
+        {"arm": "integrated", "scratch": "scratch", "ceiling": "ceiling"}]
+    assert names("enlarge=2,4", True)[0] == {"arm": "integrated_enlarge=2.0", "scratch": "scratch",
+                                              "ceiling": "ceiling_F256"}
+    rows = ip.sweep_arms(cfg, *ip.parse_sweep("ema_beta=0.3,0.8"), True)
+    assert rows[0]["scratch"][1] == rows[1]["scratch"][1]  # the same name is the same run
+    assert rows[0]["ceiling"][1].ffn_hidden == 512 and rows[0]["ceiling"][1].pruning == "none"
+    assert rows[0]["arm"][1].ema_beta == 0.3 and rows[0]["arm"][1].out_dir == os.path.join(cfg.out_dir,
+                                                                                           "integrated_ema_beta=0.3")
+    # demo: the cpu preset with an FFN-starved target, F_t = d_model, enlarged 4x
+    cpu = ip.make_config("cpu")
+    assert ip.ffn_sizes(cfg) == (cfg.n_embd, 4 * cfg.n_embd) == (128, 512)
+    assert {k: v for k, v in vars(cfg).items() if v != getattr(cpu, k)} == {"preset": "demo", "ffn_hidden": 128,
+                                                                            "enlarge": 4.0, "out_dir": str(tmp_path)}
+
+
+def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
+    final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "wall_s": 150}
+    results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": final(1.60)}
+               for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
+    table = ip.sweep_table(("seed",), results, "integrated")
+    assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 150 s |" in table
+    gaps = np.array([-0.02, -0.01, -0.03])  # mean -0.02, SE = std(ddof=1) / sqrt(3) = 0.01 / sqrt(3)
+    assert f"mean gap -0.0200, standard error {gaps.std(ddof=1) / np.sqrt(3):.4f} (3.46 SE)" in table
+    assert "better in 3 of 3 seeds" in table
+    assert "standard error" not in ip.sweep_table(("ema_beta",), results, "integrated")
+    for knobs, values in ((("seed",), [(1,), (2,), (3,)]), (("f1", "f2"), [("mean", "max"), ("max", "max"),
+                                                                          ("sum", "max")])):
+        path = ip.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
+                             str(tmp_path / f"{'_'.join(knobs)}.png"))
+        assert os.path.getsize(path) > 10_000
 
 
 def test_plots_from_a_synthetic_log(tmp_path):
