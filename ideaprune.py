@@ -1616,9 +1616,11 @@ def plot_sweep(knobs, results, pipeline, path):
     for role, (style, color, label) in styles.items():
         if role not in results[0]:
             continue
+        if not numeric:  # categories: markers, no line between them
+            style = style[0]
         y = [r[role]["val_loss"] for r in results]
         if role != "arm" and len(set(y)) == 1:  # one run for every value: a reference line
-            ax.axhline(y[0], ls=style[1:], color=color, label=f"{label}: {y[0]:.4f}")
+            ax.axhline(y[0], ls=styles[role][0][1:], color=color, label=f"{label}: {y[0]:.4f}")
         else:
             ax.plot(x, y, style, color=color, label=label)
         if role != "scratch":
@@ -1631,9 +1633,10 @@ def plot_sweep(knobs, results, pipeline, path):
     ax_gap.set(xlabel=name, ylabel="minus scratch (nats)")
     ax_gap.legend(fontsize=8)
     ax_gap.set_xticks(x, labels, rotation=30 if not numeric else 0)
-    if knobs == ("max_steps",):
+    if knobs == ("max_steps",):  # the token budget (the paper's Figure 1, left): doublings, equally spaced
         ax_gap.set_xscale("log", base=2)
         ax_gap.set_xticks(x, labels)
+        ax_gap.set_xlabel(f"max_steps, of {results[0]['arm']['tokens'] / x[0]:,.0f} tokens each")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
