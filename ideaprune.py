@@ -1735,13 +1735,16 @@ def run_suite(cfg, names, label, replot=False, overwrite=False):
         runs[name] = run_arm(sub, overwrite, replot)
     if None in runs.values():
         return {}
-    written = plot_compare(runs, os.path.join(cfg.plot_dir, label))
-    table = results_table(runs)
+    write_table(cfg, label, results_table(runs), plot_compare(runs, os.path.join(cfg.plot_dir, label)))
+    return runs
+
+
+def write_table(cfg, label, table, figures):
+    """A suite's or sweep's markdown table, beside its figures and in out_dir."""
     for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
         with open(path, "w") as f:
             f.write(table)
-    print(f"\n{table}\nwrote {', '.join(written)} and {label}_results.md")
-    return runs
+    print(f"\n{table}\nwrote {', '.join(figures)} and {label}_results.md")
 
 
 # ---- sweeps: the paper's robustness figures (Figures 3, 4, 1 left) from one command each ----
@@ -1775,50 +1778,47 @@ def parse_sweep(spec):
 
 
 def sweep_arms(cfg, knobs, values, ceiling=False):
-    """Per value: cfg.pipeline with the value set, scratch at F_t and (ceiling=True) scratch at F_e, the width
-    trained throughout. An arm is named by the swept values it depends on ('integrated_enlarge=6', 'scratch'), so
-    an arm that does not depend on the knob (scratch in an ema_beta sweep) is one run for all values, and a
-    value equal to cfg's own is the plain 'integrated' of --compare in the same --out_dir: runs are shared."""
+    """Per value, the runs {role: (name, config)}: 'arm' is cfg.pipeline with the value set, 'scratch' the target
+    width from scratch, 'ceiling' (ceiling=True) the enlarged width trained throughout. A run is named by the
+    swept values it depends on ('integrated_enlarge=6.0', 'scratch'), so a run that does not depend on the knob
+    (scratch in an ema_beta sweep) is one run for all values, and a value equal to cfg's own is the plain
+    'integrated' of --compare in the same --out_dir: runs are shared."""
     if cfg.pruning == "none":
         raise ConfigError(f"--sweep compares a pruning pipeline with scratch; --pipeline {cfg.pipeline} prunes nothing")
-    arms = []
+    F_e = ffn_sizes(cfg)[1]
+
+    def placed(name, run):  # in its own out_dir/<name>, checked now rather than when its turn comes
+        run = replace(run, out_dir=os.path.join(cfg.out_dir, name), plot_dir=os.path.join(cfg.out_dir, name))
+        try:
+            return name, validate(run)
+        except ConfigError as e:
+            raise ConfigError(f"--sweep, at {name}: {e}") from None
+
+    rows = []
     for value in values:
         setting = dict(zip(knobs, value))
         run = replace(cfg, **setting)
         changed = [f"{k}={v}" for k, v in setting.items() if v != getattr(cfg, k)]
         unpruned = [c for c in changed if c.split("=")[0] not in PRUNING_KNOBS]
-        F_e = ffn_sizes(run)[1]
-        refs = [("scratch", run.ffn_hidden, unpruned)]
+        # the references keep cfg's own pruning knobs: a scratch run never reads them, so it is shared
+        scratch = replace(cfg, pipeline="scratch", pruning="", lr_schedule="",
+                          **{k: v for k, v in setting.items() if k not in PRUNING_KNOBS})
+        runs = {"arm": placed("_".join([cfg.pipeline] + changed), run),
+                "scratch": placed("_".join(["scratch"] + unpruned), scratch)}
         if ceiling:  # named by its width where that differs from cfg's F_e
-            refs.append(("ceiling", F_e, ([f"F{F_e}"] if F_e != ffn_sizes(cfg)[1] else []) + unpruned))
-        row = {"value": value, "arm": ("_".join([cfg.pipeline] + changed), run)}
-        reference = replace(cfg, pipeline="scratch", pruning="", lr_schedule="",  # cfg's own pruning knobs: unread
-                            **{k: v for k, v in setting.items() if k not in PRUNING_KNOBS})
-        for role, width, tags in refs:
-            row[role] = ("_".join([role] + tags), replace(reference, ffn_hidden=width))
-        for role in ("arm", "scratch", "ceiling"):
-            if role in row:
-                name, sub = row[role]
-                row[role] = (name, replace(sub, out_dir=os.path.join(cfg.out_dir, name),
-                                           plot_dir=os.path.join(cfg.out_dir, name)))
-                try:
-                    validate(row[role][1])
-                except ConfigError as e:
-                    raise ConfigError(f"--sweep, at {name}: {e}") from None
-        arms.append(row)
-    return arms
+            width = ffn_sizes(run)[1]
+            runs["ceiling"] = placed("_".join(["ceiling"] + [f"F{width}"] * (width != F_e) + unpruned),
+                                     replace(scratch, ffn_hidden=width))
+        rows.append({"value": value, "runs": runs})
+    return rows
 
 
 def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
-    """--sweep KNOB=V1,...: train every arm once (shared and finished ones are reused), then the figure and the
+    """--sweep KNOB=V1,...: train every distinct run once (finished ones are reused), then the figure and the
     table: final validation loss against the knob, scratch (and the ceiling) as references."""
     knobs, values = parse_sweep(spec)
     rows = sweep_arms(cfg, knobs, values, ceiling)
-    unique = {}
-    for row in rows:
-        for role in ("arm", "scratch", "ceiling"):
-            if role in row:
-                unique.setdefault(*row[role])
+    unique = dict(run for row in rows for run in row["runs"].values())  # a shared name is one run
     if not replot:
         check_arms(unique.values(), overwrite)
     finals = {}
@@ -1829,15 +1829,11 @@ def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
         if records is None:
             return None
         finals[name] = next(r for r in records if r["kind"] == "final")
+    results = [{"value": row["value"], **{role: finals[name] for role, (name, _) in row["runs"].items()}}
+               for row in rows]
     label = "sweep_" + "_".join(knobs)
-    results = [{"value": row["value"], **{role: finals[row[role][0]] for role in ("arm", "scratch", "ceiling")
-                                          if role in row}} for row in rows]
     path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir, f"{label}.png"))
-    table = sweep_table(knobs, results, cfg.pipeline)
-    for out in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
-        with open(out, "w") as f:
-            f.write(table)
-    print(f"\n{table}\nwrote {path} and {label}_results.md")
+    write_table(cfg, label, sweep_table(knobs, results, cfg.pipeline), [path])
     return results
 
 

@@ -976,13 +976,14 @@ def test_compare_and_ablation_suites(byte_data, tmp_path):
     assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
 
 
-def test_sweep_arms_reuse_and_resume(byte_data, tmp_path):
+def test_sweep_arms_reuse_and_resume(byte_data, tmp_path, capsys):
     """A sweep trains each distinct run once, shares runs with --compare in the same out_dir, reuses finished
     ones, resumes an interrupted one, and still refuses a run of another config."""
     cfg = tiny(byte_data, tmp_path)
     ip.train(replace(cfg, pipeline="scratch", pruning="", out_dir=os.path.join(cfg.out_dir, "scratch")),
              stop_after=20)  # an interrupted arm: the sweep continues it
     results = ip.run_sweep(cfg, "ema_beta=0.3,0.5")
+    assert "resumed from " + os.path.join(cfg.out_dir, "scratch", "ckpt.pt") + " at step 20" in capsys.readouterr().out
     assert sorted(os.listdir(cfg.out_dir)) == ["integrated", "integrated_ema_beta=0.3", "scratch",
                                                "sweep_ema_beta_results.md"]
     scratch_log = open(os.path.join(cfg.out_dir, "scratch", "log.jsonl")).read()
@@ -1007,7 +1008,7 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
         with pytest.raises(ip.ConfigError, match="--sweep"):
             ip.parse_sweep(bad)
     cfg = ip.make_config("demo", out_dir=str(tmp_path))
-    names = lambda spec, ceiling=False: [{role: row[role][0] for role in ("arm", "scratch", "ceiling") if role in row}
+    names = lambda spec, ceiling=False: [{role: name for role, (name, _) in row["runs"].items()}
                                          for row in ip.sweep_arms(cfg, *ip.parse_sweep(spec), ceiling)]
     # a knob scratch never reads: one scratch for all; cfg's own value is the plain run of --compare
     assert names("ema_beta=0.3,0.5") == [{"arm": "integrated_ema_beta=0.3", "scratch": "scratch"},
@@ -1018,11 +1019,11 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
         {"arm": "integrated", "scratch": "scratch", "ceiling": "ceiling"}]
     assert names("enlarge=2,4", True)[0] == {"arm": "integrated_enlarge=2.0", "scratch": "scratch",
                                               "ceiling": "ceiling_F256"}
-    rows = ip.sweep_arms(cfg, *ip.parse_sweep("ema_beta=0.3,0.8"), True)
-    assert rows[0]["scratch"][1] == rows[1]["scratch"][1]  # the same name is the same run
-    assert rows[0]["ceiling"][1].ffn_hidden == 512 and rows[0]["ceiling"][1].pruning == "none"
-    assert rows[0]["arm"][1].ema_beta == 0.3 and rows[0]["arm"][1].out_dir == os.path.join(cfg.out_dir,
-                                                                                           "integrated_ema_beta=0.3")
+    first, second = ({role: run for role, (_, run) in row["runs"].items()}
+                     for row in ip.sweep_arms(cfg, *ip.parse_sweep("ema_beta=0.3,0.8"), True))
+    assert first["scratch"] == second["scratch"]  # the same name is the same run
+    assert first["ceiling"].ffn_hidden == 512 and first["ceiling"].pruning == "none"
+    assert first["arm"].ema_beta == 0.3 and first["arm"].out_dir == os.path.join(cfg.out_dir, "integrated_ema_beta=0.3")
     # demo: the cpu preset with an FFN-starved target, F_t = d_model, enlarged 4x
     cpu = ip.make_config("cpu")
     assert ip.ffn_sizes(cfg) == (cfg.n_embd, 4 * cfg.n_embd) == (128, 512)
