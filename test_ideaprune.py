@@ -1,4 +1,5 @@
-"""Tests for ideaprune.py: parity checks and real tiny runs on CPU, no mocks. Run: python -m pytest -q"""
+"""Tests for ideaprune.py and the scripts beside it: parity checks and real tiny runs on CPU, no mocks.
+Run: python -m pytest -q"""
 import copy
 import re
 import importlib.util
@@ -22,13 +23,21 @@ import ideaprune as ip
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_prepare(dataset="shakespeare"):
-    path = os.path.join(ROOT, "data", dataset, "prepare.py")
-    spec = importlib.util.spec_from_file_location(f"{dataset}_prepare", path)
+def load_script(path):
+    """A script beside ideaprune.py (data/*/prepare.py, plots/reproduce.py, ...), imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # importable by name: its worker processes unpickle its functions
     spec.loader.exec_module(module)
     return module
+
+
+def load_prepare(dataset="shakespeare"):
+    return load_script(f"data/{dataset}/prepare.py")
+
+
+rp = load_script("plots/reproduce.py")  # --compare, --ablation, --sweep, --bench
+hs = load_script("data/hellaswag/eval.py")  # HellaSwag's scoring
 
 
 def write_byte_data(d):
@@ -457,7 +466,7 @@ def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path):
     suite = tiny(byte_data, tmp_path / "suite")
     ip.train(replace(suite, pipeline="sheared", seed=2, out_dir=os.path.join(suite.out_dir, "sheared")))
     with pytest.raises(ip.ConfigError, match="sheared already holds a run"):
-        ip.run_suite(suite, ip.COMPARE, "compare")
+        rp.run_suite(suite, rp.COMPARE, "compare")
     assert not os.path.exists(os.path.join(suite.out_dir, "scratch"))
 
 
@@ -661,9 +670,13 @@ def test_resume_from_a_broken_checkpoint_is_a_clear_error(byte_data, tmp_path, d
 # ---- bad input: every knob, the data files, the devices; each a process that must fail cleanly -------------------
 FUZZ_DRIVER = """
 import json, os, sys
-import ideaprune  # imported once; each case runs in a fork of this process (a process of its own, but cheap)
+import importlib.util, ideaprune  # imported once; each case runs in a fork of this process (its own, but cheap)
+spec = importlib.util.spec_from_file_location("reproduce", os.path.join(os.path.dirname(ideaprune.__file__),
+                                                                         "plots", "reproduce.py"))
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
 results = []
-for argv in json.load(sys.stdin):
+for script, argv in json.load(sys.stdin):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -672,7 +685,7 @@ for argv in json.load(sys.stdin):
         os.dup2(w, 2)
         code = 0
         try:
-            ideaprune.main(argv)
+            {"ideaprune": ideaprune, "reproduce": reproduce}[script].main(argv)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:
@@ -685,14 +698,15 @@ for argv in json.load(sys.stdin):
     os.close(w)
     with os.fdopen(r) as f:
         out = f.read()
-    results.append({"argv": argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
+    results.append({"argv": [script] + argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
 print(json.dumps(results))
 """
 
 
 def fuzz_cases(good, bad_data, empty_dir):
-    """(argv, what the one error line must name). Every Config field gets a wrong type and out-of-range values,
-    so a new knob is fuzzed the day it is added; then impossible combinations, bad data files, devices."""
+    """(script, argv, what the one error line must name). Every Config field gets a wrong type and out-of-range
+    values, so a new knob is fuzzed the day it is added; then impossible combinations, bad data files, devices;
+    the --compare/--sweep cases go to plots/reproduce.py, which shares ideaprune's flags and checks."""
     cases = []
     for f in fields(ip.Config):
         flag = f"--{f.name}"
@@ -717,10 +731,14 @@ def fuzz_cases(good, bad_data, empty_dir):
               (["--sweep", "nonsense=1,2"], "--sweep"), (["--sweep", "enlarge=2,x"], "--sweep"),
               (["--sweep", "out_dir=a,b"], "--sweep"), (["--sweep", "f1/f2=mean,max"], "--sweep"),
               (["--sweep", "enlarge=2,2.0"], "--sweep"), (["--sweep", "enlarge=0.5,2"], "--enlarge"),
-              (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep")]
+              (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep"),
+              (["--compare", "--lr", "-1"], "--lr"), (["--ablation", "--device", "tpu"], "--device"),
+              (["--sweep", "lr=1e-3", "--no-such-flag"], "--no-such-flag"), (["--replot"], "--compare")]
     cases += [(["--data_dir", d], name) for d, name in bad_data]
     base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
-    return [(base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
+    harness = ("--compare", "--ablation", "--sweep", "--replot")
+    return [("reproduce" if set(harness) & set(argv) else "ideaprune",
+             base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
             for argv, name in cases]
 
 
@@ -752,15 +770,15 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     ip.train(run)
     (tmp_path / "no_run").mkdir()
     cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
-    argvs = [argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
-             (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else []) for argv, _ in cases]
+    argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
+              (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else [])) for script, argv, _ in cases]
     snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
     before = snapshot()
     proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     bad = []
-    for (_, name), r in zip(cases, json.loads(proc.stdout)):
+    for (_, _, name), r in zip(cases, json.loads(proc.stdout)):
         lines = r["out"].strip().splitlines()
         if not (r["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]):
             bad.append(f"{' '.join(r['argv'])} -> exit {r['code']}: {r['out'][-300:]}")
@@ -896,7 +914,7 @@ def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
     enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
-    ip.write_hf_tokenizer(enc, str(tmp_path), 64)
+    load_script("data/fineweb_edu/hf_tokenizer.py").write_hf_tokenizer(enc, str(tmp_path), 64)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
     assert tok.encode(text) == enc.encode_ordinary(text)
@@ -930,7 +948,7 @@ def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data,
         sums_disagree |= int(np.argmin([s.sum().item() for s in endings])) != ex["label"]
         context_disagrees |= int(np.argmin([r.mean().item() for r in rows])) != ex["label"]
     assert sums_disagree and context_disagrees
-    score = lambda exs: ip.hellaswag_accuracy(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
+    score = lambda exs: hs.accuracy(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
     assert score(examples) == 1.0
     assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples]) == 0.0
 
@@ -941,7 +959,7 @@ def test_hellaswag_prepare_checks_every_line(tmp_path):
     src = tmp_path / "hellaswag_val.jsonl"
     src.write_text("\n".join(json.dumps(good) for _ in range(5)) + "\n")
     prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
-    assert ip.read_hellaswag(str(tmp_path / "val.jsonl")) == [{k: good[k] for k in ("ctx", "endings", "label")}] * 5
+    assert hs.read(str(tmp_path / "val.jsonl")) == [{k: good[k] for k in ("ctx", "endings", "label")}] * 5
     src.write_text(json.dumps({**good, "endings": ["a", "b"]}) + "\n")
     with pytest.raises(SystemExit, match="line 1 is not a HellaSwag example"):
         prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
@@ -950,7 +968,7 @@ def test_hellaswag_prepare_checks_every_line(tmp_path):
 # ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
 def test_compare_and_ablation_suites(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
-    runs = ip.run_suite(cfg, ip.COMPARE, "compare")
+    runs = rp.run_suite(cfg, rp.COMPARE, "compare")
     finals = {n: next(r for r in recs if r["kind"] == "final") for n, recs in runs.items()}
     assert len({f["tokens"] for f in finals.values()}) == 1  # every pipeline sees the same tokens
     assert len({f["params"] for f in finals.values()}) == 1  # and ends at the same size
@@ -963,14 +981,14 @@ def test_compare_and_ablation_suites(byte_data, tmp_path):
     for name in ("lr", "loss", "flops", "ffn"):
         assert os.path.getsize(os.path.join(cfg.plot_dir, f"compare_{name}.png")) > 10_000
     table = open(os.path.join(cfg.plot_dir, "compare_results.md")).read()
-    assert all(f"| {n} |" in table for n in ip.COMPARE)
+    assert all(f"| {n} |" in table for n in rp.COMPARE)
     # --replot redraws from the logs alone
     os.remove(os.path.join(cfg.plot_dir, "compare_lr.png"))
-    ip.run_suite(cfg, ip.COMPARE, "compare", replot=True)
+    rp.run_suite(cfg, rp.COMPARE, "compare", replot=True)
     assert os.path.exists(os.path.join(cfg.plot_dir, "compare_lr.png"))
 
     # the ablation's two arms share everything up to and including the one-shot prune
-    runs = ip.run_suite(cfg, ip.ABLATION, "ablation")
+    runs = rp.run_suite(cfg, rp.ABLATION, "ablation")
     losses = {n: [r["loss"] for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
     assert losses["resumed"][:t_p + 1] == losses["rewarmed"][:t_p + 1]
     assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
@@ -982,7 +1000,7 @@ def test_sweep_arms_reuse_and_resume(byte_data, tmp_path, capsys):
     cfg = tiny(byte_data, tmp_path)
     ip.train(replace(cfg, pipeline="scratch", pruning="", out_dir=os.path.join(cfg.out_dir, "scratch")),
              stop_after=20)  # an interrupted arm: the sweep continues it
-    results = ip.run_sweep(cfg, "ema_beta=0.3,0.5")
+    results = rp.run_sweep(cfg, "ema_beta=0.3,0.5")
     assert "resumed from " + os.path.join(cfg.out_dir, "scratch", "ckpt.pt") + " at step 20" in capsys.readouterr().out
     assert sorted(os.listdir(cfg.out_dir)) == ["integrated", "integrated_ema_beta=0.3", "scratch",
                                                "sweep_ema_beta_results.md"]
@@ -991,25 +1009,25 @@ def test_sweep_arms_reuse_and_resume(byte_data, tmp_path, capsys):
     assert results[0]["scratch"] == results[1]["scratch"]  # one scratch run serves every value
     # the sweep's runs are --compare's: integrated and scratch are reused, not trained again
     before = {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in ("integrated", "scratch")}
-    runs = ip.run_suite(cfg, ip.COMPARE, "compare")
+    runs = rp.run_suite(cfg, rp.COMPARE, "compare")
     assert {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in before} == before
     assert next(r for r in runs["integrated"] if r["kind"] == "final") == results[1]["arm"]
     assert os.path.getsize(os.path.join(cfg.plot_dir, "sweep_ema_beta.png")) > 10_000
     # the same sweep with another seed is other runs, and it refuses to overwrite them
     with pytest.raises(ip.ConfigError, match="integrated_ema_beta=0.3 already holds a run"):
-        ip.run_sweep(replace(cfg, seed=3), "ema_beta=0.3,0.5")
+        rp.run_sweep(replace(cfg, seed=3), "ema_beta=0.3,0.5")
 
 
 def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
-    assert ip.parse_sweep("enlarge=1.5,4") == (("enlarge",), [(1.5,), (4.0,)])
-    assert ip.parse_sweep("max_steps=200,400") == (("max_steps",), [(200,), (400,)])
-    assert ip.parse_sweep("f1/f2=mean/max,max/mean") == (("f1", "f2"), [("mean", "max"), ("max", "mean")])
+    assert rp.parse_sweep("enlarge=1.5,4") == (("enlarge",), [(1.5,), (4.0,)])
+    assert rp.parse_sweep("max_steps=200,400") == (("max_steps",), [(200,), (400,)])
+    assert rp.parse_sweep("f1/f2=mean/max,max/mean") == (("f1", "f2"), [("mean", "max"), ("max", "mean")])
     for bad in ("enlarge", "enlarge=", "nope=1", "seed=1,x", "f1/f2=mean", "preset=cpu,tiny", "seed=1,1"):
         with pytest.raises(ip.ConfigError, match="--sweep"):
-            ip.parse_sweep(bad)
+            rp.parse_sweep(bad)
     cfg = ip.make_config("demo", out_dir=str(tmp_path))
     names = lambda spec, ceiling=False: [{role: name for role, (name, _) in row["runs"].items()}
-                                         for row in ip.sweep_arms(cfg, *ip.parse_sweep(spec), ceiling)]
+                                         for row in rp.sweep_arms(cfg, *rp.parse_sweep(spec), ceiling)]
     # a knob scratch never reads: one scratch for all; cfg's own value is the plain run of --compare
     assert names("ema_beta=0.3,0.5") == [{"arm": "integrated_ema_beta=0.3", "scratch": "scratch"},
                                          {"arm": "integrated", "scratch": "scratch"}]
@@ -1020,7 +1038,7 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
     assert names("enlarge=2,4", True)[0] == {"arm": "integrated_enlarge=2.0", "scratch": "scratch",
                                               "ceiling": "ceiling_F256"}
     first, second = ({role: run for role, (_, run) in row["runs"].items()}
-                     for row in ip.sweep_arms(cfg, *ip.parse_sweep("ema_beta=0.3,0.8"), True))
+                     for row in rp.sweep_arms(cfg, *rp.parse_sweep("ema_beta=0.3,0.8"), True))
     assert first["scratch"] == second["scratch"]  # the same name is the same run
     assert first["ceiling"].ffn_hidden == 512 and first["ceiling"].pruning == "none"
     assert first["arm"].ema_beta == 0.3 and first["arm"].out_dir == os.path.join(cfg.out_dir, "integrated_ema_beta=0.3")
@@ -1035,15 +1053,15 @@ def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
     final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "wall_s": 150}
     results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": final(1.60)}
                for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
-    table = ip.sweep_table(("seed",), results, "integrated")
+    table = rp.sweep_table(("seed",), results, "integrated")
     assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 150 s |" in table
     gaps = np.array([-0.02, -0.01, -0.03])  # mean -0.02, SE = std(ddof=1) / sqrt(3) = 0.01 / sqrt(3)
     assert f"mean gap -0.0200, standard error {gaps.std(ddof=1) / np.sqrt(3):.4f} (3.46 SE)" in table
     assert "better in 3 of 3 seeds" in table
-    assert "standard error" not in ip.sweep_table(("ema_beta",), results, "integrated")
+    assert "standard error" not in rp.sweep_table(("ema_beta",), results, "integrated")
     for knobs, values in ((("seed",), [(1,), (2,), (3,)]), (("f1", "f2"), [("mean", "max"), ("max", "max"),
                                                                           ("sum", "max")])):
-        path = ip.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
+        path = rp.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
                              str(tmp_path / f"{'_'.join(knobs)}.png"))
         assert os.path.getsize(path) > 10_000
 
@@ -1057,7 +1075,7 @@ def test_plots_from_a_synthetic_log(tmp_path):
               "val_loss": 3.1 - s / 50} for s in range(0, 101, 20)]
     records = [header] + train + evals
     ip.plot_run(records, str(tmp_path / "run.png"))
-    written = ip.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
+    written = rp.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
                               str(tmp_path / "cmp"))
     assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
     # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
@@ -1065,9 +1083,9 @@ def test_plots_from_a_synthetic_log(tmp_path):
     ip.plot_run(scored, str(tmp_path / "scored.png"))
     final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
              "flops": 6e7, "wall_s": 5}
-    table = ip.results_table({"a": scored + [{**final, "hellaswag": 0.3}], "b": scored + [{**final, "hellaswag": 0.29}]})
+    table = rp.results_table({"a": scored + [{**final, "hellaswag": 0.3}], "b": scored + [{**final, "hellaswag": 0.29}]})
     assert "| HellaSwag |" in table and "| 0.3000 |" in table
-    assert "HellaSwag" not in ip.results_table({"a": records + [final]})
+    assert "HellaSwag" not in rp.results_table({"a": records + [final]})
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--pin"]:  # rewrite PINNED from a fresh run of the current code

@@ -1,0 +1,450 @@
+"""
+reproduce.py: the paper's figures from many runs of ideaprune.py, each trained through its public functions.
+
+  python plots/reproduce.py --preset demo --compare             # scratch, integrated, minitron, sheared: figures, table
+  python plots/reproduce.py --preset demo --ablation            # one-shot prune, then the LR resumed vs rewarmed
+  python plots/reproduce.py --preset demo --compare --replot    # figures and table again from the logs, no training
+  python plots/reproduce.py --preset demo --sweep enlarge=1.5,2.5,4,6 --ceiling   # integrated once per value,
+                                                                # scratch (and F_e throughout): loss against the knob
+  python plots/reproduce.py --preset demo --sweep seed=1337,2,3,4,5   # the paired gap to scratch and its SE
+  python plots/reproduce.py --preset cpu --bench [--compile]    # step time: importance tracking off/on, compacted/built
+  torchrun --standalone --nproc_per_node 2 plots/reproduce.py --preset demo --compare   # each run under DDP
+
+Every run goes to --out_dir/<name> (integrated, scratch, integrated_ema_beta=0.3, ceiling_F768, ...): a finished
+run of the same config there is reused (so suites and sweeps share runs), an interrupted one is resumed, a run
+of another config is refused (--overwrite trains it again). Figures and *_results.md go to --plot_dir.
+"""
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, fields, replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ideaprune.py, one folder up
+import ideaprune as ip  # noqa: E402
+
+
+COMPARE = ("scratch", "integrated", "minitron", "sheared")
+
+
+ABLATION = ("resumed", "rewarmed")
+
+
+def plot_compare(logs, prefix):
+    """Several runs (name -> log records): the figures of the comparison, written to prefix_*.png."""
+    plt = ip._plt()
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    colors = dict(zip(ip.PIPELINES, ["#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
+    parsed = {name: ip.parse_log(recs) for name, recs in logs.items()}
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(f"{prefix}_{name}.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{prefix}_{name}.png")
+
+    # Figure 2 mirror: the LR of each pipeline against tokens, one panel each, phases shaded
+    fig, axes = plt.subplots(len(logs), 1, figsize=(8, 2.2 * len(logs)), sharex=True, squeeze=False)
+    for ax, (name, (header, train, _)) in zip(axes[:, 0], parsed.items()):
+        scale = header["tokens_per_step"] / 1e6
+        ip.shade_phases(ax, header, scale)
+        ax.plot([r["tokens"] / 1e6 for r in train], [r["lr"] for r in train], color=colors.get(name, "k"))
+        ax.set(ylabel="LR", title=f"{name}: pruning {header['pruning']}, LR {header['lr_schedule']}")
+        if header["pruning"] != "none":
+            ax.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("training tokens (millions)")
+    save(fig, "lr")
+
+    # Figure 1 (right) mirror: smoothed training loss and validation loss of all pipelines; a zoom on the end
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.8))
+    ref = next((h for h, _, _ in parsed.values() if h["pruning"] != "none"), None)
+    for a in (ax, zoom):
+        if ref and ref["t_end"] > ref["t_p"]:
+            a.axvspan(ref["t_p"] * ref["tokens_per_step"] / 1e6, ref["t_end"] * ref["tokens_per_step"] / 1e6,
+                      color=ip.PHASE_COLORS["pruning"], label="pruning window", lw=0)
+        elif ref:
+            a.axvline(ref["t_p"] * ref["tokens_per_step"] / 1e6, color="#e6550d", lw=1.5, label="one-shot prune")
+        for name, (header, train, evals) in parsed.items():
+            tok = np.array([r["tokens"] for r in train]) / 1e6
+            a.plot(tok, ip.smooth([r["loss"] for r in train]), color=colors.get(name), lw=1.2,
+                   label=f"{name} train (smoothed)")
+            a.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o--", ms=3,
+                   color=colors.get(name), lw=0.8, label=f"{name} validation")
+        a.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)")
+    every = [r["loss"] for _, train, _ in parsed.values() for r in train]
+    ax.set_ylim(min(every) - 0.05, np.percentile(every, 95) + 0.2)  # the first steps would flatten the rest
+    ax.set_title("training and validation loss, all pipelines")
+    ax.legend(fontsize=7)
+    total = max(r["tokens"] for _, train, _ in parsed.values() for r in train[-1:]) / 1e6
+    late = [r for _, train, evals in parsed.values() for r in train + evals if r["tokens"] / 1e6 >= 0.45 * total]
+    late_losses = [r.get("val_loss", r.get("loss")) for r in late]
+    zoom.set_xlim(0.45 * total, total * 1.01)
+    if late_losses:
+        lo, hi = np.percentile(late_losses, [0, 90])
+        zoom.set_ylim(lo - 0.02, hi + 0.05)
+    zoom.set_title("zoom: the second half, where the pipelines separate")
+    save(fig, "loss")
+
+    # loss at equal compute: the enlarged phase is not free
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (header, _, evals) in parsed.items():
+        ax.plot([r["flops"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, color=colors.get(name),
+                label=name)
+    vals = [r["val_loss"] for _, _, evals in parsed.values() for r in evals]
+    ax.set_ylim(min(vals) - 0.03, np.percentile(vals, 85) + 0.05)  # the step-0 point would flatten the rest
+    ax.set(xlabel="training FLOPs (6 x params x tokens)", ylabel="validation loss (nats/token)",
+           title="validation loss against training compute")
+    ax.legend(fontsize=8)
+    save(fig, "flops")
+
+    # FFN width against step
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, (header, train, _)), style in zip(parsed.items(), ["-", "--", "-.", ":"] * 2):
+        ax.plot([r["step"] for r in train], [r["ffn"] for r in train], style, color=colors.get(name), lw=2,
+                label=name)  # line styles: pipelines that prune alike would otherwise hide one another
+    ax.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width during training")
+    ax.legend(fontsize=8)
+    save(fig, "ffn")
+    return written
+
+
+def results_table(logs):
+    """Markdown: one row per pipeline, from the final record of its log (HellaSwag when the runs measured it)."""
+    finals = {name: next(r for r in recs if r["kind"] == "final") for name, recs in logs.items()}
+    hs = all("hellaswag" in f for f in finals.values())
+    rows = ["| pipeline | val loss | perplexity |" + (" HellaSwag |" if hs else "") +
+            " params | FFN widths | tokens | training FLOPs | wall time |", "|---" * (8 + hs) + "|"]
+    for name, f in finals.items():
+        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} |" + (f" {f['hellaswag']:.4f} |" if hs else "") +
+                    f" {ip.fmt_params(f['params'])} | {'/'.join(map(str, sorted(set(f['widths']))))} | "
+                    f"{f['tokens'] / 1e6:.2f}M | {f['flops']:.3g} | {f['wall_s']:.0f} s |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_sweep(knobs, results, pipeline, path):
+    """Final validation loss against a swept knob (the paper's Figures 3, 4 and 1 left): the pruning pipeline per
+    value, scratch at F_t (and the ceiling, F_e throughout) as references; below, the gap to scratch."""
+    plt = ip._plt()
+    labels = ["/".join(map(str, r["value"])) for r in results]
+    numeric = len(knobs) == 1 and all(isinstance(r["value"][0], (int, float)) for r in results)
+    x = [r["value"][0] for r in results] if numeric else list(range(len(results)))
+    fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    styles = {"arm": ("o-", "#d62728", pipeline), "scratch": ("s--", "#7f7f7f", "scratch (F_t throughout)"),
+              "ceiling": ("^:", "#1f77b4", "ceiling (F_e throughout)")}
+    for role, (style, color, label) in styles.items():
+        if role not in results[0]:
+            continue
+        if not numeric:  # categories: markers, no line between them
+            style = style[0]
+        y = [r[role]["val_loss"] for r in results]
+        if role != "arm" and len(set(y)) == 1:  # one run for every value: a reference line
+            ax.axhline(y[0], ls=styles[role][0][1:], color=color, label=f"{label}: {y[0]:.4f}")
+        else:
+            ax.plot(x, y, style, color=color, label=label)
+        if role != "scratch":
+            ax_gap.plot(x, [r[role]["val_loss"] - r["scratch"]["val_loss"] for r in results], style, color=color,
+                        label=f"{label} - scratch")
+    ax_gap.axhline(0, color="#7f7f7f", lw=1)
+    name = "/".join(knobs)
+    ax.set(ylabel="final validation loss (nats/token)", title=f"{pipeline}: final validation loss against {name}")
+    ax.legend(fontsize=8)
+    ax_gap.set(xlabel=name, ylabel="minus scratch (nats)")
+    ax_gap.legend(fontsize=8)
+    ax_gap.set_xticks(x, labels, rotation=30 if not numeric else 0)
+    if knobs == ("max_steps",):  # the token budget (the paper's Figure 1, left): doublings, equally spaced
+        ax_gap.set_xscale("log", base=2)
+        ax_gap.set_xticks(x, labels)
+        ax_gap.set_xlabel(f"max_steps, of {results[0]['arm']['tokens'] / x[0]:,.0f} tokens each")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_table(knobs, results, pipeline):
+    """Markdown: one row per value; with several seeds (--sweep seed=...), the mean paired gap and its SE."""
+    ceiling = "ceiling" in results[0]
+    rows = [f"| {'/'.join(knobs)} | {pipeline} | scratch | gap |" + (" ceiling |" if ceiling else "") +
+            " tokens | wall time |", "|---" * (6 + ceiling) + "|"]
+    gaps = []
+    for r in results:
+        gaps.append(r["arm"]["val_loss"] - r["scratch"]["val_loss"])
+        rows.append(f"| {'/'.join(map(str, r['value']))} | {r['arm']['val_loss']:.4f} | {r['scratch']['val_loss']:.4f} "
+                    f"| {gaps[-1]:+.4f} |" + (f" {r['ceiling']['val_loss']:.4f} |" if ceiling else "") +
+                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['wall_s']:.0f} s |")
+    if knobs == ("seed",) and len(gaps) > 1:
+        se = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps)))
+        rows.append(f"\nPaired by seed: mean gap {np.mean(gaps):+.4f}, standard error {se:.4f} "
+                    f"({abs(np.mean(gaps)) / se:.2f} SE); {pipeline} better in {sum(g < 0 for g in gaps)} of "
+                    f"{len(gaps)} seeds.")
+    return "\n".join(rows) + "\n"
+
+
+# knobs that change nothing a run trains: where it runs, what it prints, and the preset (its values are all logged)
+UNTRAINED = ip.WHERE + ("preset", "sample_tokens", "log_every", "ckpt_every")
+
+
+def finished_or_resumable(cfg):
+    """'finished' or 'resume' when cfg.out_dir holds a run of this very config (so a suite or sweep uses it
+    instead of training it again: runs are shared between them, and a suite stopped midway goes on where it
+    stopped); None when it holds nothing, or a run of another config (which check_out_dir then refuses)."""
+    log_path = ip.log_path(cfg.out_dir)
+    if not (os.path.exists(ip.ckpt_path(cfg.out_dir)) and os.path.exists(log_path)):
+        return None
+    records = ip.read_log(log_path)
+    header = records[0] if records and records[0]["kind"] == "config" else {}
+    if any(header.get(k) != v for k, v in asdict(cfg).items() if k not in UNTRAINED):
+        return None
+    return "finished" if any(r["kind"] == "final" for r in records) else "resume"
+
+
+def check_arms(subs, overwrite):
+    """Refuse before the first run, not after it: a device this machine lacks, or an arm that would overwrite
+    another config's run."""
+    for sub in subs:
+        ip.check_device(sub)
+        if overwrite or not finished_or_resumable(sub):
+            ip.check_out_dir(sub.out_dir, False, overwrite)
+
+
+def run_arm(cfg, overwrite=False, replot=False):
+    """One run of a suite or sweep, unless out_dir already holds it finished; its log records."""
+    log_path = ip.log_path(cfg.out_dir)
+    state = None if overwrite else finished_or_resumable(cfg)
+    if state == "finished" and not replot:
+        print(f"{cfg.out_dir} holds this run, finished: reused")
+    elif not replot:
+        final = ip.train(cfg, resume=state == "resume", overwrite=overwrite)
+        if final:  # None on ranks other than 0
+            ip.plot_run(ip.read_log(log_path), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None  # under torchrun, rank 0 draws the figures
+    if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in ip.read_log(log_path)):
+        raise ip.ConfigError(f"--replot: {log_path} holds no finished run; run once without --replot")
+    return ip.read_log(log_path)
+
+
+def suite_configs(cfg, names):
+    """One config per pipeline of a suite, each with its own out_dir/<name> (where its figure stays too)."""
+    subs = [replace(cfg, pipeline=name, pruning="", lr_schedule="", out_dir=os.path.join(cfg.out_dir, name),
+                    plot_dir=os.path.join(cfg.out_dir, name)) for name in names]
+    for sub in subs:
+        ip.validate(sub)
+    return subs
+
+
+def run_suite(cfg, names, label, replot=False, overwrite=False):
+    """Train each named pipeline from the same seed and data order, each into out_dir/<name>, then compare."""
+    subs = suite_configs(cfg, names)
+    if not replot:
+        check_arms(subs, overwrite)
+    logs = {}
+    for name, sub in zip(names, subs):
+        if not replot:
+            print(f"\n==== {label}: {name} ====")
+        logs[name] = run_arm(sub, overwrite, replot)
+    if None in logs.values():
+        return {}
+    write_table(cfg, label, results_table(logs), plot_compare(logs, os.path.join(cfg.plot_dir, label)))
+    return logs
+
+
+def write_table(cfg, label, table, figures):
+    """A suite's or sweep's markdown table, beside its figures and in out_dir."""
+    for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
+        with open(path, "w") as f:
+            f.write(table)
+    print(f"\n{table}\nwrote {', '.join(figures)} and {label}_results.md")
+
+
+PRUNING_KNOBS = ("enlarge", "ffn_multiple", "prune_start", "prune_len", "prune_every", "ema_beta", "ema_warmup",
+                 "f1", "f2", "ranking", "compact_frac")  # what a model trained at F_t from scratch never reads
+
+
+def parse_sweep(spec):
+    """'enlarge=1.5,2.6,4' -> (('enlarge',), [(1.5,), (2.6,), (4.0,)]); knobs swept together are joined by '/':
+    'f1/f2=mean/max,max/max'. Each value is typed as its Config field."""
+    types = {f.name: f.type for f in fields(ip.Config)}
+    knobs, _, values = spec.partition("=")
+    knobs = tuple(knobs.split("/"))
+    bad = [k for k in knobs if k not in types or k in UNTRAINED + ("pipeline", "pruning", "lr_schedule")]
+    if not values or bad:
+        raise ip.ConfigError(f"--sweep {spec!r}: write KNOB=V1,V2,... with KNOB a training knob (e.g. enlarge=1.5,2.6,4 "
+                          f"or f1/f2=mean/max,max/max)" + (f"; {', '.join(bad)} is not one" if bad else ""))
+    parsed = []
+    for value in values.split(","):
+        parts = value.split("/")
+        if len(parts) != len(knobs):
+            raise ip.ConfigError(f"--sweep: value {value!r} has {len(parts)} parts for the {len(knobs)} knobs "
+                              f"{'/'.join(knobs)}")
+        try:
+            parsed.append(tuple(types[k](v) for k, v in zip(knobs, parts)))
+        except ValueError:
+            raise ip.ConfigError(f"--sweep: {value!r} is not a value of {'/'.join(knobs)}") from None
+    if len(set(parsed)) != len(parsed):
+        raise ip.ConfigError(f"--sweep {spec!r}: a value is given twice")
+    return knobs, parsed
+
+
+def sweep_arms(cfg, knobs, values, ceiling=False):
+    """Per value, the runs {role: (name, config)}: 'arm' is cfg.pipeline with the value set, 'scratch' the target
+    width from scratch, 'ceiling' (ceiling=True) the enlarged width trained throughout. A run is named by the
+    swept values it depends on ('integrated_enlarge=6.0', 'scratch'), so a run that does not depend on the knob
+    (scratch in an ema_beta sweep) is one run for all values, and a value equal to cfg's own is the plain
+    'integrated' of --compare in the same --out_dir: runs are shared."""
+    if cfg.pruning == "none":
+        raise ip.ConfigError(f"--sweep compares a pruning pipeline with scratch; --pipeline {cfg.pipeline} prunes nothing")
+    F_e = ip.ffn_sizes(cfg)[1]
+
+    def placed(name, arm_cfg):  # in its own out_dir/<name>, checked now rather than when its turn comes
+        arm_cfg = replace(arm_cfg, out_dir=os.path.join(cfg.out_dir, name), plot_dir=os.path.join(cfg.out_dir, name))
+        try:
+            return name, ip.validate(arm_cfg)
+        except ip.ConfigError as e:
+            raise ip.ConfigError(f"--sweep, at {name}: {e}") from None
+
+    rows = []
+    for value in values:
+        setting = dict(zip(knobs, value))
+        arm_cfg = replace(cfg, **setting)
+        changed = [f"{k}={v}" for k, v in setting.items() if v != getattr(cfg, k)]
+        unpruned = [c for c in changed if c.split("=")[0] not in PRUNING_KNOBS]
+        # the references keep cfg's own pruning knobs: a scratch run never reads them, so it is shared
+        scratch = replace(cfg, pipeline="scratch", pruning="", lr_schedule="",
+                          **{k: v for k, v in setting.items() if k not in PRUNING_KNOBS})
+        arms = {"arm": placed("_".join([cfg.pipeline] + changed), arm_cfg),
+                "scratch": placed("_".join(["scratch"] + unpruned), scratch)}
+        if ceiling:  # named by its width where that differs from cfg's F_e
+            width = ip.ffn_sizes(arm_cfg)[1]
+            arms["ceiling"] = placed("_".join(["ceiling"] + [f"F{width}"] * (width != F_e) + unpruned),
+                                     replace(scratch, ffn_hidden=width))
+        rows.append({"value": value, "runs": arms})
+    return rows
+
+
+def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
+    """--sweep KNOB=V1,...: train every distinct run once (finished ones are reused), then the figure and the
+    table: final validation loss against the knob, scratch (and the ceiling) as references."""
+    knobs, values = parse_sweep(spec)
+    rows = sweep_arms(cfg, knobs, values, ceiling)
+    unique = dict(run for row in rows for run in row["runs"].values())  # a shared name is one run
+    if not replot:
+        check_arms(unique.values(), overwrite)
+    finals = {}
+    for i, (name, sub) in enumerate(unique.items()):
+        if not replot:
+            print(f"\n==== sweep {'/'.join(knobs)}: {name} ({i + 1} of {len(unique)}) ====")
+        records = run_arm(sub, overwrite, replot)
+        if records is None:
+            return None
+        finals[name] = next(r for r in records if r["kind"] == "final")
+    results = [{"value": row["value"], **{role: finals[name] for role, (name, _) in row["runs"].items()}}
+               for row in rows]
+    label = "sweep_" + "_".join(knobs)
+    path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir, f"{label}.png"))
+    write_table(cfg, label, sweep_table(knobs, results, cfg.pipeline), [path])
+    return results
+
+
+def benchmark(cfg, steps=20, rounds=3):
+    """Median time of one optimization step: importance tracking off vs on (enlarged model), and a model
+    compacted from F_e vs one built at F_t from scratch; with --compile, each also compiled. The variants
+    alternate, so load drifts hit all alike."""
+    ip.validate(cfg)
+    device, ctx = ip.setup_device(cfg)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=device)
+
+    def setup(widths, compact_to=None):
+        torch.manual_seed(cfg.seed)
+        model = ip.GPT(cfg, widths).to(device)
+        opt = ip.make_optimizer(model, cfg, device)
+        importance = [torch.zeros(3, w, device=device) for w in widths]
+        if compact_to:  # one real step for AdamW state, then prune to F_t and compact: the integrated path
+            step(model, opt, importance, False)
+            alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]
+            ip.prune_(model, opt, [torch.rand(3, w, device=device) for w in widths], alive, compact_to, cfg)
+            ip.compact_(model, opt, importance, alive)
+        return model, opt, importance
+
+    def step(model, opt, importance, track):
+        with ctx:
+            loss = model(x[:, :-1], x[:, 1:])[1]
+        loss.backward()
+        if track:
+            ip.update_importance(importance, model, cfg)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    variants = {"enlarged, tracking off": (setup([F_e] * cfg.n_layer), False),
+                "enlarged, tracking on": (setup([F_e] * cfg.n_layer), True),
+                "target, built at F_t": (setup([F_t] * cfg.n_layer), False),
+                "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), False)}
+    if cfg.compile:  # the same models, compiled (one compiled twin per width: nothing to reset between them)
+        torch._dynamo.config.recompile_limit = 2 * len(variants)
+        variants.update({f"{name}, compiled": ((torch.compile(m, backend=cfg.compile_backend), opt, imp), track)
+                         for name, ((m, opt, imp), track) in list(variants.items())})
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, ((model, opt, importance), track) in variants.items():
+            step(model, opt, importance, track)  # warm-up (and compile, the first time)
+            for _ in range(steps):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                step(model, opt, importance, track)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t)
+    med = {name: 1000 * float(np.median(ts)) for name, ts in times.items()}
+    print(f"{'variant':38s} | ms/step (median of {steps * rounds})")
+    for name, ms in med.items():
+        print(f"{name:38s} | {ms:8.1f}")
+    print(f"tracking on / off:     {med['enlarged, tracking on'] / med['enlarged, tracking off']:.3f}x")
+    print(f"compacted / built:     {med['target, compacted from F_e'] / med['target, built at F_t']:.3f}x")
+    if cfg.compile:
+        for name in ("enlarged, tracking off", "target, built at F_t"):
+            print(f"compiled / eager ({name.split(',')[0]}): {med[name + ', compiled'] / med[name]:.3f}x")
+    return med
+
+
+def main(argv=None):
+    p = ip.arg_parser("The paper's figures from many ideaprune runs: --compare, --ablation, --sweep; --bench.")
+    p.add_argument("--compare", action="store_true", help=f"run {', '.join(COMPARE)}; then figures and a table")
+    p.add_argument("--ablation", action="store_true",
+                   help=f"run {', '.join(ABLATION)}: one-shot prune, then the LR resumed vs rewarmed")
+    p.add_argument("--sweep", metavar="KNOB=V1,V2,...", help="run --pipeline once per value of a knob, and scratch; "
+                   "plot the final loss against it (knobs swept together: f1/f2=mean/max,max/max)")
+    p.add_argument("--ceiling", action="store_true", help="with --sweep: also train the enlarged width throughout")
+    p.add_argument("--replot", action="store_true", help="with --compare/--ablation/--sweep: only redraw from the logs")
+    p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
+
+    def body():
+        cfg, args = ip.parse_args(argv, p)
+        if args.bench:
+            benchmark(cfg)
+        elif args.compare or args.ablation:
+            suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
+                                                               ("ablation", ABLATION, args.ablation)) if on]
+            for label, names in suites:  # refuse bad knobs and used out_dirs before the first run starts
+                if not args.replot:
+                    check_arms(suite_configs(cfg, names), args.overwrite)
+            for label, names in suites:
+                run_suite(cfg, names, label, replot=args.replot, overwrite=args.overwrite)
+        elif args.sweep:
+            run_sweep(cfg, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
+        else:
+            raise ip.ConfigError("say what to reproduce: --compare, --ablation, --sweep KNOB=V1,V2,... or --bench "
+                                 "(one run is python ideaprune.py)")
+    ip.run_command(body)
+
+
+if __name__ == "__main__":
+    main()
