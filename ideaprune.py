@@ -511,7 +511,8 @@ class Run:
     n_alive: list = None              # alive neurons per layer, counted on prune steps only (no sync per step)
     t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
     peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
-    fresh: bool = True                # the model was (re)wrapped: the next step compiles (no ETA from its time)
+    sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
+    fresh: bool = True                # the model was (re)wrapped: the next step compiles, keep it out of the ETA
     signal: int = None                # SIGTERM or SIGINT received by this process
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
@@ -727,10 +728,8 @@ class Diverged(RunFailed):
     """The loss, the gradient norm or the weights became NaN or inf; nothing non-finite was written."""
 
 def last_checkpoint(run):
-    if run.last_ckpt is None:
-        return "No checkpoint was written"
-    return (f"The last checkpoint, {ckpt_path(run.cfg.out_dir)} from step {run.last_ckpt}, is intact and finite: "
-            f"--resume continues from it")
+    return ("No checkpoint was written" if run.last_ckpt is None else f"The last checkpoint, {ckpt_path(run.cfg.out_dir)} "
+            f"from step {run.last_ckpt}, is intact and finite: --resume continues from it")
 
 def save_checkpoint(run, step):
     """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True).
@@ -907,8 +906,8 @@ def phase_of(step, cfg):
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
 
-def fmt_duration(s):
-    return f"{s / 3600:.0f}h{s % 3600 / 60:02.0f}m" if s >= 3600 else f"{s / 60:.0f}m{s % 60:02.0f}s"
+def fmt_duration(s):  # whole minutes and seconds (or hours and minutes), truncated: 59.6 s is 0m59s, not 1m60s
+    return f"{int(s) // 3600}h{int(s) % 3600 // 60:02d}m" if s >= 3600 else f"{int(s) // 60}m{int(s) % 60:02d}s"
 
 # Peak dense bf16 FLOP/s (data sheets, no 2:4 sparsity) by a part of the GPU's name, first match wins: for MFU
 GPU_PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -997,7 +996,9 @@ def log_step(run, step, lr, loss, norm, dt):
     progress["wall_s"] = time.time() - run.t0
     if run.fresh and cfg.compile:
         run.log.event(step, f"compiled for FFN widths {run.raw_model.ffn_widths}: this step took {dt:.1f} s")
-    compiled, run.fresh = run.fresh, False
+    if not run.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
+        run.sec_per_flop = dt / step_flops if run.sec_per_flop is None else 0.9 * run.sec_per_flop + 0.1 * dt / step_flops
+    run.fresh = False
     alive_width = float(np.mean(run.n_alive))
     run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, ffn=alive_width,
                   params=n_params, phase=phase, ms=1000 * dt, flops=sum(progress["flops"].values()))
@@ -1005,8 +1006,8 @@ def log_step(run, step, lr, loss, norm, dt):
         extra = f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%" if run.peak else ""
         if run.device.type == "cuda":
             extra += f" | mem {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB"
-        if not compiled:  # this step's time per FLOP, for the FLOPs left at the keep-schedule's widths
-            extra += f" | eta {fmt_duration(flops_left(run, step) * dt / step_flops)}"
+        if run.sec_per_flop:  # the FLOPs left, at the widths the keep-schedule gives them, at the recent speed
+            extra += f" | eta {fmt_duration(flops_left(run, step) * run.sec_per_flop)}"
         run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
                     f"ffn {alive_width:.0f}->{ffn_sizes(cfg)[0]} | params {fmt_params(n_params)} | {1000 * dt:4.0f} ms"
                     f" | {tps / dt / 1e3:5.1f}k tok/s{extra}")
@@ -1181,8 +1182,7 @@ def check_device(cfg):
     need(not (cfg.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()),
          "--dtype bfloat16: this GPU cannot compute in bfloat16; use --dtype float32")
 
-def check_out_dir(out_dir, resume, overwrite):
-    """A new run never overwrites a checkpoint it did not write."""
+def check_out_dir(out_dir, resume, overwrite):  # a new run never overwrites a checkpoint it did not write
     need(resume or overwrite or not os.path.exists(ckpt_path(out_dir)), f"--out_dir {out_dir} already holds a run "
          f"(ckpt.pt): continue it with --resume, start it over with --overwrite, or choose another --out_dir")
 

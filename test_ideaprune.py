@@ -256,7 +256,25 @@ def test_compacted_model_is_a_plain_model_of_the_smaller_width():
     torch.testing.assert_close(fresh(x)[0], model(x)[0])
 
 
-# ---- 10. end to end -----------------------------------------------------------------------------------------------
+# ---- 8/10. end to end: the loop and its checkpoints ---------------------------------------------------------------
+def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
+    """The file needs nothing beside it for a run: copied alone, it trains through every phase, writes its
+    checkpoint, log and figure, and uses its checkpoint. Mutation caught: a top-level import of a script beside it."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "ideaprune.py").write_text(open(os.path.join(ROOT, "ideaprune.py")).read())
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "ideaprune.py", "--preset", "tiny", "--data_dir", byte_data, "--max_steps", "8",
+           "--eval_every", "8", "--warmup_steps", "1", "--ema_warmup", "1"]
+    proc = subprocess.run(run, cwd=alone, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: integrated" in proc.stdout and os.path.getsize(alone / "plots" / "integrated.png") > 10_000
+    proc = subprocess.run([sys.executable, "ideaprune.py", "--evaluate", "--sample", "--max_new_tokens", "8",
+                           "--data_dir", byte_data], cwd=alone, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
+    assert sorted(os.listdir(alone)) == ["ideaprune.py", "out", "plots"]
+
+
 def test_end_to_end_tiny_run(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
     final = ip.train(cfg)
@@ -604,7 +622,8 @@ def test_bfloat16_autocast_on_cpu_through_every_phase(byte_data, tmp_path):
 
 
 def test_flops_per_token_and_mfu_by_hand():
-    """6 FLOPs per parameter plus attention's 12 * n_layer * d * T, counted by hand for the tiny target model."""
+    """6 FLOPs per parameter plus attention's 12 * n_layer * d * T, counted by hand for the tiny target model; MFU
+    and the ETA's format by hand."""
     cfg = ip.make_config("tiny")
     d, L, F, V, T = 32, 2, 64, 256, 32
     assert (cfg.n_embd, cfg.n_layer, cfg.ffn_hidden, cfg.vocab_size, cfg.block_size) == (d, L, F, V, T)
@@ -616,6 +635,8 @@ def test_flops_per_token_and_mfu_by_hand():
     assert ip.mfu(1e12, 1.0, run) == 0.5  # 1e12 FLOP/s over 2 accelerators of 1e12 each
     assert ip.peak_flops(replace(cfg, peak_flops=5e14), torch.device("cpu")) == 5e14
     assert ip.peak_flops(cfg, torch.device("cpu")) is None  # no MFU on a CPU
+    # the ETA's format truncates (rounding printed 56.5 s as "1m56s" and 59.6 s as "1m60s")
+    assert [ip.fmt_duration(s) for s in (56.5, 59.6, 3599, 3600, 39_180)] == ["0m56s", "0m59s", "59m59s", "1h00m", "10h53m"]
 
 
 def test_sigterm_checkpoints_and_resume_is_exact(byte_data, tmp_path):
@@ -867,7 +888,7 @@ def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
         load_prepare("fineweb_edu").gpt2_encoding()
 
 
-# ---- 8. use the pruned model: a mid-run checkpoint, export to Hugging Face -------------------------------------------
+# ---- 11. use the pruned model: a mid-run checkpoint, export to Hugging Face, HellaSwag ----------------------------
 def test_load_model_from_the_middle_of_the_window_drops_masked_neurons(byte_data, tmp_path):
     """A checkpoint with masked, not yet compacted neurons loads as the deployed model: those neurons sliced out,
     the same logits as the masked model."""
@@ -921,7 +942,7 @@ def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
 
 
-def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path):
+def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path, capsys):
     """Hand-written examples whose right answers the tiny model's own losses decide: each ending scored alone,
     by hand, as the mean loss over its tokens. The scorer must find every answer (accuracy 1), miss every
     shifted one (0), and, in at least one example, disagree with the lowest *summed* loss, so that length
@@ -951,6 +972,10 @@ def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data,
     score = lambda exs: hs.accuracy(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
     assert score(examples) == 1.0
     assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples]) == 0.0
+    # the same scoring from the command line, on the run's checkpoint
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    hs.main(["--out_dir", cfg.out_dir, "--file", str(tmp_path / "hs.jsonl"), "--device", "cpu"])
+    assert "hellaswag 1.0000 (length-normalized, 4 examples)" in capsys.readouterr().out
 
 
 def test_hellaswag_prepare_checks_every_line(tmp_path):
@@ -965,7 +990,7 @@ def test_hellaswag_prepare_checks_every_line(tmp_path):
         prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
 
 
-# ---- 11/12. the comparison suite and its figures --------------------------------------------------------------------
+# ---- plots/reproduce.py: the comparison suites, sweeps and their figures; 12. the run's figure --------------------
 def test_compare_and_ablation_suites(byte_data, tmp_path):
     cfg = tiny(byte_data, tmp_path)
     runs = rp.run_suite(cfg, rp.COMPARE, "compare")

@@ -357,6 +357,7 @@ def benchmark(cfg, steps=20, rounds=3):
     compacted from F_e vs one built at F_t from scratch; with --compile, each also compiled. The variants
     alternate, so load drifts hit all alike."""
     ip.validate(cfg)
+    ip.check_device(cfg)
     device, ctx = ip.setup_device(cfg)
     F_t, F_e = ip.ffn_sizes(cfg)
     x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=device)

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +60,15 @@ def main(argv=None):
     p.add_argument("--out_dir", default="out", help="the run whose ckpt.pt to score")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--data_dir", default="", help="the run's token folder, if it moved (for its meta.json)")
+    p.add_argument("--file", default=VAL, help="the examples (default: the validation split prepare.py writes)")
     args = p.parse_args(argv)
-    if not os.path.exists(VAL):
-        raise SystemExit(f"no {VAL}: run python data/hellaswag/prepare.py first")
+    if not os.path.exists(args.file):
+        raise SystemExit(f"no {args.file}: run python data/hellaswag/prepare.py first")
     model, cfg = ip.load_model(ip.ckpt_path(args.out_dir))
-    cfg = ip.replace(cfg, device=args.device, data_dir=args.data_dir or cfg.data_dir)
+    cfg = replace(cfg, device=args.device, data_dir=args.data_dir or cfg.data_dir)
     ip.check_device(cfg)
     device, ctx = ip.setup_device(cfg)
-    examples = read(VAL)
+    examples = read(args.file)
     acc = accuracy(model.to(device), examples, ip.tokenizer(cfg)[0], device, ctx, cfg.block_size)
     print(f"hellaswag {acc:.4f} (length-normalized, {len(examples):,} examples) | {ip.ckpt_path(args.out_dir)}")
 
