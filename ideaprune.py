@@ -1204,7 +1204,7 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
 # ---- 14. Main: the command line; a run, or the use of a checkpoint ------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other bad input here (argparse would print its usage first)
-        raise ConfigError(f"{message} (--help lists every flag)")
+        raise ConfigError(f"{message} (see --help; --compare/--ablation/--sweep/--bench: python plots/reproduce.py)")
 
 def arg_parser(description):
     """Argparse built from the Config fields: each field's type, default and trailing comment become a flag, and
