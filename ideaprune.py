@@ -825,7 +825,8 @@ def eval_and_log(run, model, step):
             with run.ctx:
                 est[split] = sum(model(*run.data.batch(split, gen))[1].item() for _ in range(run.cfg.eval_iters))
             est[split] /= run.cfg.eval_iters
-        hs = hellaswag(model.train(), run.cfg, run.device, run.ctx)
+        model.train()
+        hs = hellaswag(model, run.cfg, run.device, run.ctx)
         run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
                     (f" | hellaswag {hs['hellaswag']:.4f}" if hs else ""))
         run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
