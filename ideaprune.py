@@ -26,6 +26,8 @@ Files (this one runs alone, copied anywhere; the others are imported only where 
   test_ideaprune.py        pytest on CPU: parity checks and real tiny runs
 """
 import argparse
+import datetime
+import fcntl
 import functools
 import importlib.util
 import inspect
@@ -33,6 +35,8 @@ import json
 import math
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,13 +103,14 @@ class Config:
     ckpt_every: int = 200            # steps between checkpoints (one is always written at the end)
     sample_tokens: int = 300         # length of the sample generated at the end (0 = none)
     out_dir: str = "out"             # ckpt.pt and log.jsonl (--compare: one sub-folder per pipeline)
-    plot_dir: str = "plots"          # figures
+    plot_dir: str = ""               # the run's figure (empty: --out_dir); --compare/--sweep: theirs
     # system
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"              # auto (bfloat16 on CUDA, else float32) | float32 | bfloat16
     compile: bool = False            # torch.compile the model (recompiled for each new width after a compaction)
     compile_backend: str = "inductor"  # inductor: fused kernels | aot_eager: no code generation (debugging, tests)
     peak_flops: float = 0.0          # peak bf16 FLOP/s of one accelerator, for MFU (0 = look the GPU up in a table)
+    dist_timeout: float = 600.0      # torchrun: seconds a process waits for the others before the job ends
 
     def __post_init__(self):
         # A pipeline is a choice of the two knobs pruning and lr_schedule (PIPELINES below): fill the ones left
@@ -568,7 +573,7 @@ def train_step(run, model, step):
     loss, norm = loss / run.world, norm / run.world
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise Diverged(f"loss is {loss}, gradient norm {norm} at step {step}; stopped before the update. "
-                       f"{last_checkpoint(run)}. Lower --lr or raise --warmup_steps")
+                       f"{last_checkpoint(run, True)}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     run.stopping = signalled > 0
@@ -576,10 +581,10 @@ def train_step(run, model, step):
         torch.cuda.synchronize()  # the clock must see the device's work, not only its queueing
     return lr, loss, norm, time.perf_counter() - t_start
 
-def train(cfg, resume=False, stop_after=None, overwrite=False):
+def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
     """One run of a pipeline; its final record (None on ranks other than 0, or when stop_after=k stopped it at step
-    k with a checkpoint; SIGTERM or Ctrl-C stop it the same way and raise Interrupted)."""
-    run = start_run(cfg, resume, overwrite)
+    k with a checkpoint; SIGTERM or Ctrl-C stop it the same way and raise Interrupted). given: see resume_config."""
+    run = start_run(cfg, resume, overwrite, given)
     cfg, start = run.cfg, run.progress["step"]
     handlers = catch_stop_signals(run)
     try:
@@ -588,10 +593,11 @@ def train(cfg, resume=False, stop_after=None, overwrite=False):
             last_step = step == cfg.max_steps
             stop = last_step or step == stop_after or run.stopping
             # -- once in a while, before the step: evaluate, prune and compact, checkpoint --
-            if step % cfg.eval_every == 0 or last_step:
-                eval_and_log(run, model, step)
-            if is_prune_step(step, cfg) and prune_and_compact(run, step):
-                model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
+            if step != run.last_ckpt:  # (a resumed run's checkpoint was written after these: not twice)
+                if step % cfg.eval_every == 0 or last_step:
+                    eval_and_log(run, model, step)
+                if is_prune_step(step, cfg) and prune_and_compact(run, step):
+                    model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
             if step > start and (step % cfg.ckpt_every == 0 or stop):
                 save_checkpoint(run, step)  # rank 0 writes
             if stop:
@@ -611,20 +617,34 @@ def train(cfg, resume=False, stop_after=None, overwrite=False):
         run.log.close()
 
 # ---- 9. Run setup: build or resume, DDP, compile, stop signals ----------------------------------------------------
-WHERE = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops")  # not what is trained
+WHERE = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops", "dist_timeout")  # not trained
+# What --resume may change: where the run goes, how it reports, a moved dataset, the LR from here on (the divergence
+# advice); any other knob would make it a different run than the one its checkpoint began.
+RESUMABLE = WHERE + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_iters", "log_every", "ckpt_every",
+                     "sample_tokens")
 
-def start_run(cfg, resume, overwrite=False):
+def resume_config(cfg, ckpt, given=None):
+    """The config a resumed run goes on with: its checkpoint's, with the knobs in given (the command line's; from
+    code, cfg's WHERE) applied if RESUMABLE, and all others that differ refused, by name."""
+    old, given = Config(**ckpt["config"]), {k: getattr(cfg, k) for k in WHERE} if given is None else given
+    changed = {k: v for k, v in given.items() if v != getattr(old, k)}
+    fixed = [f"--{k} {v}" for k, v in changed.items() if k not in RESUMABLE]
+    need(not fixed, f"--resume goes on with the run's own config, so it cannot change {', '.join(fixed)} (only "
+         f"--{', --'.join(RESUMABLE)}): drop them, or start a new run with --overwrite or in another --out_dir")
+    return replace(old, **{**changed, "out_dir": cfg.out_dir})
+
+def start_run(cfg, resume, overwrite=False, given=None):
     """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
-    out_dir/ckpt.pt, once section 13 has checked the input; then print what the run will do."""
+    out_dir/ckpt.pt, once section 13 has checked the input and out_dir is locked; then print what it will do."""
     ckpt = read_checkpoint(ckpt_path(cfg.out_dir)) if resume else None
-    if ckpt:  # the run's own config: only where it runs may change
-        cfg = replace(Config(**ckpt["config"]), **{k: getattr(cfg, k) for k in WHERE})
+    if ckpt:
+        cfg = resume_config(cfg, ckpt, given)
     rank, world = init_distributed(cfg)
     check_inputs(cfg, resume, overwrite, world)  # nothing is written before this line
     device, ctx = setup_device(cfg)
+    log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
     if rank == 0:
         describe(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
     F_t, F_e = ffn_sizes(cfg)
     widths = ckpt["widths"] if ckpt else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
     torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
@@ -634,15 +654,16 @@ def start_run(cfg, resume, overwrite=False):
               alive=[torch.ones(w, dtype=torch.bool, device=device) for w in widths],
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
                         "params_start": raw_model.num_params()},
-              rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
+              log=log, rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
     if ckpt:
         restore_checkpoint(run, ckpt)
     run.n_alive = [int(a.sum()) for a in run.alive]
-    run.log = RunLog(cfg, resume_step=run.progress["step"] if ckpt else None, master=rank == 0)
     if world > 1:
         run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
     if ckpt:
-        run.log.say(f"resumed from {ckpt_path(cfg.out_dir)} at step {run.progress['step']}")
+        changed = [f"--{k} {v} (was {ckpt['config'].get(k)})" for k, v in asdict(cfg).items() if v != ckpt["config"].get(k)]
+        log.say(f"resumed from {ckpt_path(cfg.out_dir)} at step {run.progress['step']}" + ", with " * bool(changed) +
+                ", ".join(changed))
     run.t0 = time.time() - run.progress["wall_s"]
     return run
 
@@ -652,7 +673,7 @@ def init_distributed(cfg):
         return 0, 1
     if not dist.is_initialized():
         on_gpu = torch.cuda.is_available() and cfg.device.split(":")[0] in ("auto", "cuda")
-        dist.init_process_group("nccl" if on_gpu else "gloo")
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     return dist.get_rank(), dist.get_world_size()
 
 def device_name(cfg):
@@ -694,9 +715,8 @@ def unwrap_ddp(model):  # the model without DDP (compiled if it was): rank 0 eva
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C: the run finished its step, wrote a checkpoint and stopped; --resume continues it."""
     def __init__(self, signum, step, path, world):
-        again = f"torchrun --nproc_per_node {world} ideaprune.py" if world > 1 else "python ideaprune.py"
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}, with a checkpoint in {path}; "
-                         f"continue with: {again} --out_dir {os.path.dirname(path)} --resume")
+                         f"continue with: {resume_command(os.path.dirname(path), world)}")
         self.signum = signum
 
 def catch_stop_signals(run):
@@ -721,29 +741,56 @@ def ckpt_path(out_dir):
 def log_path(out_dir):
     return os.path.join(out_dir, "log.jsonl")
 
+def lock_out_dir(out_dir, rank=0, world=1):
+    """One run per out_dir, for its whole life: rank 0 holds an OS lock on out_dir/lock, which dies with the process
+    (kill -9 leaves no stale lock). A second run is refused on every rank, with the PID of the one that holds it."""
+    lock, holder = None, [None]
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, "lock"), "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0), lock.write(f"{os.getpid()}\n"), lock.flush()
+        except BlockingIOError:
+            lock.seek(0)
+            holder = [lock.read().strip() or "?"]
+    if world > 1:
+        dist.broadcast_object_list(holder)
+    need(holder[0] is None, f"--out_dir {out_dir} is in use by process {holder[0]} (a run, a resume or a suite arm): "
+                            f"wait for it, stop it, or choose another --out_dir")
+    return lock
+
 class RunFailed(RuntimeError):
     """The run cannot go on (diverged, or its checkpoint cannot be written); what is on disk is still good."""
 
 class Diverged(RunFailed):
     """The loss, the gradient norm or the weights became NaN or inf; nothing non-finite was written."""
 
-def last_checkpoint(run):
-    return ("No checkpoint was written" if run.last_ckpt is None else f"The last checkpoint, {ckpt_path(run.cfg.out_dir)} "
-            f"from step {run.last_ckpt}, is intact and finite: --resume continues from it")
+def resume_command(out_dir, world=1, extra=""):
+    again = f"torchrun --nproc_per_node {world} ideaprune.py" if world > 1 else "python ideaprune.py"
+    return f"{again} --out_dir {shlex.quote(out_dir)} --resume{extra}"
+
+def last_checkpoint(run, diverged=False):
+    """Where the run can go on from, as a command; after a divergence with half the LR."""
+    lr = f" --lr {run.cfg.lr / 2:g} --min_lr {min(run.cfg.min_lr, run.cfg.lr / 2):g}" * diverged
+    if run.last_ckpt is None:
+        return "No checkpoint was written" + f"; start again with a lower LR ({lr.strip()}) or a longer warmup" * diverged
+    return (f"The last checkpoint, {ckpt_path(run.cfg.out_dir)} from step {run.last_ckpt}, is intact and finite; "
+            f"continue from it{' with half the LR' * diverged}: {resume_command(run.cfg.out_dir, run.world, lr)}")
 
 def save_checkpoint(run, step):
     """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True).
     Nothing non-finite is ever written: a checkpoint of a diverged model would replace the last good one."""
     if not all(torch.isfinite(p).all() for p in run.raw_model.parameters()):  # the same on every rank
-        raise Diverged(f"the weights are not finite at step {step}; no checkpoint written. {last_checkpoint(run)}. "
-                       f"Lower --lr or raise --warmup_steps")
+        raise Diverged(f"the weights are not finite at step {step}; no checkpoint written. {last_checkpoint(run, True)}")
     if run.rank != 0:
         return
     ckpt = {"version": CKPT_VERSION, "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "widths": run.raw_model.ffn_widths,  # build GPT(cfg, widths) before load_state_dict
             "importance": [imp.cpu() for imp in run.importance],  # (3, F_l): EMA of the up, gate, down scores
             "alive": [a.cpu() for a in run.alive],  # (F_l,) bool masks
-            "config": asdict(run.cfg), "progress": {**run.progress, "step": step},  # step: where a resume starts
+            "config": asdict(run.cfg), "progress": {**run.progress, "step": step,  # step: where a resume starts
+                                                    "log_records": run.log.sync()},  # the log's, all on disk
             "rng": {"torch": torch.get_rng_state(), "data": run.data.gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
     path = ckpt_path(run.cfg.out_dir)
@@ -752,12 +799,14 @@ def save_checkpoint(run, step):
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename, so that a power cut cannot leave a torn ckpt.pt
-    except (OSError, RuntimeError) as e:  # a full disk, a quota, a vanished mount
+        os.replace(path + ".tmp", path)  # atomic: the previous ckpt.pt stays whole until the new one is complete
+    except (OSError, RuntimeError, KeyboardInterrupt) as e:  # a full disk, a quota, a vanished mount; a 2nd Ctrl-C
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
+        if KeyboardInterrupt in (type(e), type(e.__context__)):  # (torch.save turns it into a RuntimeError)
+            raise KeyboardInterrupt from None
         raise RunFailed(f"writing the checkpoint of step {step} failed ({e}); nothing half-written was left. "
                         f"{last_checkpoint(run)}") from None
-    os.replace(path + ".tmp", path)  # atomic: the previous ckpt.pt stays whole until the new one is complete
     run.last_ckpt = step
 
 def read_checkpoint(path):
@@ -863,7 +912,13 @@ def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, to
         idx = torch.cat((idx, torch.multinomial(probs, 1, generator=gen)), dim=1)
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
-def export_hf(model, cfg, out_dir):
+def check_export_dir(out_dir, overwrite=False):  # export never destroys: a new or empty folder, or --overwrite
+    need(out_dir, "--export_hf needs a folder to write")
+    check_writable("--export_hf", out_dir)
+    need(overwrite or not os.path.exists(out_dir) or os.path.isdir(out_dir) and not os.listdir(out_dir),
+         f"--export_hf {out_dir} is not empty: choose a new or empty folder, or pass --overwrite to replace it")
+
+def export_hf(model, cfg, out_dir, overwrite=False):
     """out_dir as a Hugging Face LlamaForCausalLM with our logits: our model IS a Llama (RMSNorm, RoPE on halves as
     HF's rotate_half, SwiGLU, no biases, tied embeddings). Llama has one intermediate_size, so narrower layers
     (global ranking) get zero neurons: zero gate and up rows give silu(0) * 0 = 0, exactly."""
@@ -882,9 +937,6 @@ def export_hf(model, cfg, out_dir):
                         pre + "mlp.gate_proj.weight": F.pad(block.ffn.gate.weight, (0, 0, 0, pad)),  # (F, d)
                         pre + "mlp.up_proj.weight": F.pad(block.ffn.up.weight, (0, 0, 0, pad)),
                         pre + "mlp.down_proj.weight": F.pad(block.ffn.down.weight, (0, pad))})  # (d, F)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file({k: w.detach().float().contiguous().cpu() for k, w in weights.items()},
-              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     gpt2 = tokenizer_kind(cfg) == "gpt2"
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
               "hidden_size": d, "intermediate_size": width, "num_hidden_layers": L,
@@ -893,11 +945,23 @@ def export_hf(model, cfg, out_dir):
               "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
               "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
               "bos_token_id": 50256 if gpt2 else None, "eos_token_id": 50256 if gpt2 else None}
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    if gpt2:  # GPT-2's tokenizer files, converted from tiktoken's ranks, so that AutoTokenizer works too
-        beside("data/fineweb_edu/hf_tokenizer.py").write_gpt2_tokenizer(out_dir, cfg.block_size)
-    return out_dir
+    check_export_dir(out_dir, overwrite)
+    final, out_dir = out_dir, f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"  # every file here, then one rename
+    os.makedirs(out_dir)
+    try:
+        save_file({k: w.detach().float().contiguous().cpu() for k, w in weights.items()},
+                  os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        if gpt2:  # GPT-2's tokenizer files, converted from tiktoken's ranks, so that AutoTokenizer works too
+            beside("data/fineweb_edu/hf_tokenizer.py").write_gpt2_tokenizer(out_dir, cfg.block_size)
+        if os.path.lexists(final):  # empty, or --overwrite
+            shutil.rmtree(final) if os.path.isdir(final) else os.remove(final)
+        os.replace(out_dir, final)
+    except OSError as e:
+        shutil.rmtree(out_dir)
+        raise RunFailed(f"--export_hf {final}: writing failed ({e}); nothing was left half-written") from None
+    return final
 
 # ---- 12. Logging: the printed config, log.jsonl, the log line, the summary and the run's figure -------------------
 def phase_of(step, cfg):
@@ -943,28 +1007,52 @@ def describe(cfg):
     print(f"LR: {cfg.lr_schedule} ({stages}): warmup {cfg.warmup_steps} to {cfg.lr:g}, cosine to {cfg.min_lr:g}")
 
 def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """log.jsonl's records. A last line cut short (a kill, a full disk) is left out with a note (a resume writes the
+    log again without it); a bad line anywhere else is an error that names it."""
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "kind" in record:
+            records.append(record)
+        else:
+            need(i == len(lines), f"{path}, line {i}, is not a record of a run: restore the file from a copy, or "
+                                  f"delete that line (what the figures and tables lose with it)")
+            print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
+    return records
 
 class RunLog:
     """out_dir/log.jsonl, what the plots read: a header (the config, the phase boundaries), a record per step, eval
-    and event, a final record. A resumed run drops the records from its checkpoint's step on and writes them again."""
-    def __init__(self, cfg, resume_step=None, master=True):
-        self.master, self.file = master, None  # under torchrun only rank 0 logs, prints and plots
-        if master:
+    and event, a final record. It is on disk whenever a checkpoint is (sync), and the checkpoint counts its records:
+    a resumed run keeps exactly those and drops the rest (written again, the same). Opened after out_dir's lock."""
+    def __init__(self, cfg, resumed=None, rank=0, world=1):  # resumed: the progress of the checkpoint resumed from
+        self.lock = lock_out_dir(cfg.out_dir, rank, world)
+        self.master, self.file, self.count = rank == 0, None, 0  # under torchrun only rank 0 logs, prints and plots
+        if self.master:
             path, (F_t, F_e), (t_p, t_end) = log_path(cfg.out_dir), ffn_sizes(cfg), phase_steps(cfg)
             header = {"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p, "t_end": t_end,
                       "tokens_per_step": tokens_per_step(cfg), "lr_stages": lr_stages(cfg)}
-            # on resume: the records before the checkpoint's step (a final record has none: it goes too)
-            records = [header] if resume_step is None else [
-                r for r in read_log(path) if r["kind"] == "config" or r.get("step", math.inf) < resume_step]
-            with open(path, "w") as f:
+            n = resumed and resumed.get("log_records")  # (a checkpoint older than that count: the steps before its own)
+            old = read_log(path)[:n] if resumed and os.path.exists(path) else []
+            records = [header] + [r for r in old if r["kind"] != "config" and (n or r.get("step", 1e99) < resumed["step"])]
+            with open(path + ".tmp", "w") as f:  # written whole, then renamed: a kill now loses nothing either
                 f.writelines(json.dumps(r) + "\n" for r in records)
-            self.file = open(path, "a")
+            os.replace(path + ".tmp", path)
+            self.file, self.count = open(path, "a"), len(records)
 
     def write(self, kind, **record):
         if self.master:
             self.file.write(json.dumps({"kind": kind, **record}) + "\n")
+            self.count += 1
+
+    def sync(self):  # before a checkpoint is written: every record it counts is on disk, whatever kills the run
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.count
 
     def say(self, line):
         if self.master:
@@ -974,9 +1062,10 @@ class RunLog:
         self.say(f"step {step:5d} | {what}")
         self.write("event", step=step, what=what)
 
-    def close(self):
-        if self.file:
-            self.file.close()
+    def close(self):  # and let another run use out_dir
+        for f in (self.file, self.lock):
+            if f:
+                f.close()
 
 def flops_left(run, step):
     """Training FLOPs of the steps after this one, at the widths the keep-schedule gives them: for the ETA."""
@@ -1145,7 +1234,8 @@ def check_data(cfg, prepare=True):
         prepare_py = os.path.join("data", cfg.dataset, "prepare.py")
         how = f"python {prepare_py}" if os.path.exists(os.path.join(ROOT, prepare_py)) else "a prepare.py of your own"
         where = f"--data_dir {d}" if cfg.data_dir else f"--dataset {cfg.dataset} ({d})"
-        raise ConfigError(f"no {', '.join(missing)} in {where}: prepare the data first with: {how}")
+        raise ConfigError(f"no {', '.join(missing)} in {where}: prepare the data first with: {how} (or, if it "
+                          f"moved, pass --data_dir)")
     meta_path = os.path.join(d, "meta.json")
     meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
     tok, vocab = meta.get("tokenizer"), cfg.vocab_size
@@ -1194,13 +1284,21 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
          f"each does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
     check_data(cfg, prepare=world == 1)
     check_device(cfg)
-    for flag, path in (("--out_dir", cfg.out_dir), ("--plot_dir", cfg.plot_dir)):  # not when the figure is drawn
-        parent = os.path.abspath(path)  # the folder can be made: no file in its path, permission to write
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        need(os.path.isdir(parent) and os.access(parent, os.W_OK),
-             f"cannot create {flag} {path}: {parent} is not a folder this process can write to")
+    need(cfg.out_dir, "--out_dir is empty: name a folder (the default is out)")
+    for flag, path in (("--out_dir", cfg.out_dir), ("--plot_dir", cfg.plot_dir or cfg.out_dir)):
+        check_writable(flag, path)  # now, not when the figure is drawn
+    for path in (ckpt_path(cfg.out_dir), log_path(cfg.out_dir)):  # read-only, or chattr +i
+        need(not os.path.exists(path) or os.access(path, os.W_OK), f"{path} cannot be written: make it writable "
+                                                                   f"again, or choose another --out_dir")
     check_out_dir(cfg.out_dir, resume, overwrite)
+
+def check_writable(flag, path):
+    """The folder exists or can be made: no file or dangling link in its path, permission to write."""
+    parent = os.path.abspath(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    need(os.path.isdir(parent) and os.access(parent, os.W_OK),
+         f"cannot create {flag} {path}: {parent} is not a folder this process can write to")
 
 # ---- 14. Main: the command line; a run, or the use of a checkpoint ------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
@@ -1247,6 +1345,18 @@ def parse_args(argv=None, p=None):
 
 def use_checkpoint(args):
     """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
+    for flag, ok, what in (("num_samples", args.num_samples >= 1, "at least 1"), ("top_k", args.top_k >= 1, "at "
+                           "least 1"), ("max_new_tokens", args.max_new_tokens >= 0, ">= 0"),
+                           ("temperature", 0 < args.temperature < math.inf, "> 0 and finite")):
+        need(ok, f"--{flag} must be {what}, got {getattr(args, flag)}")
+    try:
+        prompt = open(args.prompt_file, encoding="utf-8").read() if args.prompt_file else args.prompt
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--prompt_file {args.prompt_file}: cannot read it as text ({e})") from None
+    need(prompt and "\0" not in prompt or not args.sample, "the prompt (--prompt or --prompt_file) is empty or not "
+                                                           "text: give it some text")
+    if args.export_hf is not None:
+        check_export_dir(args.export_hf, args.overwrite)
     model, cfg = load_model(ckpt_path(args.given.get("out_dir", Config.out_dir)))
     cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
     check_device(cfg)
@@ -1258,13 +1368,12 @@ def use_checkpoint(args):
         val = evaluate_full(model, Data(cfg, device), ctx)
         print(f"val loss {val:.4f} | perplexity {math.exp(val):.3f} | over every window of {dataset_path(cfg)}/val.bin")
     if args.sample:
-        prompt = open(args.prompt_file).read() if args.prompt_file else args.prompt
         for i in range(args.num_samples):
             text = sample(model, cfg, device, ctx, prompt, args.max_new_tokens, args.temperature, args.top_k,
                           seed=cfg.seed + i)
             print(f"---- sample {i + 1}/{args.num_samples}\n{prompt}{text}")
     if args.export_hf:
-        export_hf(model, cfg, args.export_hf)
+        export_hf(model, cfg, args.export_hf, args.overwrite)
         print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 def run_command(body):
@@ -1275,8 +1384,19 @@ def run_command(body):
         if dist.is_initialized():
             dist.barrier()  # no rank tears the group down while rank 0 still writes its checkpoint or plots
     except (ConfigError, RunFailed) as e:  # RunFailed: diverged, or a checkpoint could not be written
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same bad input: one says it
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except RuntimeError as e:  # a collective that timed out (--dist_timeout): another process stopped answering
+        if not (dist.is_initialized() and "Timed out" in str(e)):
+            raise
+        print(f"error: process {dist.get_rank()} had no answer from the others within --dist_timeout (one stopped or "
+              f"died?): the job ends; --resume goes on from the last checkpoint", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, with no checkpoint of this step
+        print("error: stopped by a second Ctrl-C, without a checkpoint of this step (--resume: from the last)",
+              file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except Interrupted as e:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(e, file=sys.stderr)
@@ -1288,12 +1408,16 @@ def run_command(body):
 def main(argv=None):
     def body():
         cfg, args = parse_args(argv)
-        if args.sample or args.evaluate or args.export_hf:
+        if args.sample or args.evaluate or args.export_hf is not None:
             use_checkpoint(args)
         else:  # the figure is drawn here, not in train(): tests and notebooks train without matplotlib
-            final = train(cfg, args.resume, overwrite=args.overwrite)
-            if final:  # None on ranks other than 0
-                plot_run(read_log(log_path(cfg.out_dir)), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
+            final = train(cfg, args.resume, overwrite=args.overwrite, given=args.given)
+            path = os.path.join(cfg.plot_dir or cfg.out_dir, f"{final and final['pipeline']}.png")
+            try:
+                final and plot_run(read_log(log_path(cfg.out_dir)), path)  # None on ranks other than 0
+            except OSError as e:  # the run is complete: only its figure is missing
+                raise RunFailed(f"the run finished, but its figure {path} could not be written ({e}); draw it with: "
+                                f"{resume_command(cfg.out_dir)}") from None
     run_command(body)
 
 if __name__ == "__main__":

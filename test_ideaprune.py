@@ -268,11 +268,11 @@ def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
            "--eval_every", "8", "--warmup_steps", "1", "--ema_warmup", "1"]
     proc = subprocess.run(run, cwd=alone, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "done: integrated" in proc.stdout and os.path.getsize(alone / "plots" / "integrated.png") > 10_000
+    assert "done: integrated" in proc.stdout and os.path.getsize(alone / "out" / "integrated.png") > 10_000
     proc = subprocess.run([sys.executable, "ideaprune.py", "--evaluate", "--sample", "--max_new_tokens", "8",
                            "--data_dir", byte_data], cwd=alone, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
-    assert sorted(os.listdir(alone)) == ["ideaprune.py", "out", "plots"]
+    assert sorted(os.listdir(alone)) == ["ideaprune.py", "out"]
 
 
 def test_end_to_end_tiny_run(byte_data, tmp_path):
@@ -574,14 +574,13 @@ def test_ddp_two_ranks_match_one_process(byte_data, tmp_path):
 
 
 def test_grad_accum_must_split_across_ranks(byte_data, tmp_path):
-    """Each rank does grad_accum / world micro-steps: an accumulation that does not divide is refused, clearly."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DDP_DRIVER)
+    """Each rank does grad_accum / world micro-steps: an accumulation that does not divide is refused, clearly, in
+    one line (every rank finds it; rank 0 says it; torchrun then adds its own report of the failed processes)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(driver), str(tmp_path), "new", "0", "--preset", "tiny", "--data_dir", byte_data,
-                           "--grad_accum", "3"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+                           *tiny_argv(byte_data, tmp_path / "out", "--grad_accum", "3")[1:]], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode != 0 and "--grad_accum 3 must be a multiple of the 2 processes" in proc.stderr
+    assert proc.stderr.count("error: ") == 1 and not os.path.exists(tmp_path / "out")
 
 
 def test_compile_follows_every_compaction(byte_data, tmp_path):
@@ -688,6 +687,237 @@ def test_resume_from_a_broken_checkpoint_is_a_clear_error(byte_data, tmp_path, d
     assert open(path, "rb").read() == before  # left as it was
 
 
+# ---- records: one run per out_dir, a log that survives kill -9, resume that says what it does ---------------------
+def tiny_argv(data_dir, out, *more):
+    return [sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "tiny", "--data_dir", data_dir,
+            "--out_dir", str(out), "--sample_tokens", "0", *more]
+
+
+def test_one_run_per_out_dir_and_no_stale_lock(byte_data, tmp_path):
+    """Two real processes in one out_dir: the second (a new run with --overwrite, or a --resume) is refused with one
+    line naming the first's PID, and the first finishes untouched; after a kill -9 the lock is gone with its
+    holder. Mutations caught: no lock; a lock file that is not an OS lock (stale after the kill)."""
+    out = tmp_path / "out"
+    first = subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "4000", "--ckpt_every", "5"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    for more in (["--overwrite"], ["--resume"]):
+        second = subprocess.run(tiny_argv(byte_data, out, *more), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stdout == "", second.stderr
+        assert second.stderr.strip() == (f"error: --out_dir {out} is in use by process {first.pid} (a run, a resume or "
+                                          f"a suite arm): wait for it, stop it, or choose another --out_dir")
+    assert first.poll() is None  # still training
+    first.kill()
+    first.wait()
+    again = subprocess.run(tiny_argv(byte_data, out, "--overwrite", "--max_steps", "8", "--eval_every", "4",
+                                     "--warmup_steps", "1", "--ema_warmup", "1"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ip.read_log(str(out / "log.jsonl"))[-1]["kind"] == "final"
+
+
+KILL_DRIVER = """
+import json, os, random, signal, sys, time
+import torch._dynamo  # (imported by the first run otherwise: ~3 s, in every fork)
+import ideaprune as ip
+kw, root, trials = json.load(sys.stdin)
+timing = lambda r: {k: v for k, v in r.items() if k not in ("ms", "wall_s", "out_dir")}  # all else is exact
+
+def run(out, resume):  # ideaprune.train in a fork of this process: no start-up cost, a real process to kill
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        try:
+            ip.train(ip.make_config("tiny", **kw, out_dir=out), resume=resume)
+        finally:
+            os._exit(0)
+    return pid
+
+t0 = time.time()
+os.waitpid(run(f"{root}/straight", False), 0)
+length = time.time() - t0
+straight = [timing(r) for r in ip.read_log(f"{root}/straight/log.jsonl")]
+rng, results = random.Random(0), []
+for t in range(trials):
+    out = f"{root}/trial{t}"
+    pid = run(out, False)
+    time.sleep(rng.uniform(0, length))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    ckpt = os.path.exists(f"{out}/ckpt.pt") and ip.read_checkpoint(f"{out}/ckpt.pt")["progress"]["step"]
+    os.waitpid(run(out, bool(ckpt)), 0)  # resume, or (killed before the first checkpoint) start again
+    got = [timing(r) for r in ip.read_log(f"{out}/log.jsonl")]
+    lost = sum(1 for r in straight if r not in got) + max(0, len(straight) - len(got))
+    results.append({"ckpt_step": ckpt, "lost": lost, "extra": len(got) - len(straight), "same": got == straight})
+print(json.dumps(results))
+"""
+
+
+def test_kill_9_at_random_moments_loses_no_log_record(byte_data, tmp_path):
+    """12 runs killed with SIGKILL at random moments (uniform over a run's length: mid-step, mid-log-write,
+    mid-checkpoint), each then resumed from its checkpoint: every resumed log equals the uninterrupted one, record
+    for record (all but the timings). Mutations caught: no flush+fsync of the log at a checkpoint; a resume that
+    keeps the records after the checkpoint (duplicates) or drops the eval and events of its step."""
+    kw = dict(data_dir=byte_data, max_steps=60, ckpt_every=4, eval_every=10, sample_tokens=0)
+    proc = subprocess.run([sys.executable, "-c", KILL_DRIVER], input=json.dumps([kw, str(tmp_path), 12]),
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [t for t in trials if not t["same"]] == []
+    assert sum(1 for t in trials if t["ckpt_step"] and t["ckpt_step"] < 60) >= 3  # most were killed mid-run
+
+
+def test_a_damaged_log_is_repaired_or_named(byte_data, tmp_path, capsys):
+    """A last line cut short (a kill, a full disk) is left out with a note, and a resume writes the log again
+    without it; a bad line elsewhere is an error naming the file and the line, for --resume and --replot alike; an
+    empty or missing log resumes with its header. Mutations caught: json.loads on every line as before."""
+    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=10, ckpt_every=10)
+    assert ip.train(cfg, stop_after=10) is None
+    path = os.path.join(cfg.out_dir, "log.jsonl")
+    whole = open(path).read()
+    with open(path, "a") as f:
+        f.write('{"kind": "train", "step": 10, "lo')
+    assert ip.read_log(path) == [json.loads(line) for line in whole.splitlines()]
+    assert "last line of" in capsys.readouterr().out
+    assert ip.train(cfg, resume=True, stop_after=15) is None
+    assert all(json.loads(line) for line in open(path))  # repaired: every line a record
+    lines = open(path).read().splitlines()
+    lines[3] = "garbage"
+    open(path, "w").write("\n".join(lines) + "\n")
+    for read in (lambda: ip.train(cfg, resume=True), lambda: rp.run_arm(cfg, replot=True)):
+        with pytest.raises(ip.ConfigError, match=f"{re.escape(path)}, line 4, is not a record"):
+            read()
+    open(path, "w").close()  # empty
+    final = ip.train(cfg, resume=True)
+    records = ip.read_log(path)
+    assert records[0]["kind"] == "config" and records[-1] == final and final["val_loss"] > 0
+    ip.plot_run(records, str(tmp_path / "fig.png"))
+
+
+def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path, capsys):
+    """--resume with a knob that would make it another run is refused, naming each; the resumable ones (a moved
+    dataset, a lower LR) are applied and printed; the divergence message's command is one that works."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in os.listdir(byte_data):
+        open(data / f, "wb").write(open(os.path.join(byte_data, f), "rb").read())
+    out = str(tmp_path / "out")
+    ip.train(replace(tiny(str(data), tmp_path), max_steps=30), stop_after=15)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ip.main(["--out_dir", out, "--resume", "--max_steps", "60", "--seed", "3", "--lr", "1e-3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "cannot change --seed 3, --max_steps 60 (only" in err and "--lr" not in err.split("(")[0]
+    moved = tmp_path / "moved"
+    os.rename(data, moved)
+    with pytest.raises(SystemExit) as e:
+        ip.main(["--out_dir", out, "--resume"])
+    assert e.value.code == 2 and "if it moved, pass --data_dir" in capsys.readouterr().err
+    ip.main(["--out_dir", out, "--resume", "--data_dir", str(moved), "--lr", "1e-3"])
+    assert f"with --data_dir {moved} (was {data}), --lr 0.001 (was 0.003)" in capsys.readouterr().out
+    assert ip.read_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["lr"] == 1e-3
+    # divergence: the command in the message resumes with half the LR
+    cfg = tiny(str(moved), tmp_path / "diverged", ckpt_every=1, lr=1e30, min_lr=1e-5)
+    with pytest.raises(ip.Diverged) as e:
+        ip.train(cfg)
+    command = str(e.value).split("with half the LR: ")[1]
+    assert command.startswith("python ideaprune.py --out_dir ") and "--lr 5e+29 --min_lr 1e-05" in command
+    with pytest.raises(ip.Diverged):  # accepted and applied (and 5e29 diverges too)
+        ip.train(cfg, resume=True, given=ip.parse_args(command.split()[2:])[1].given)
+    assert "with --lr 5e+29 (was 1e+30)" in capsys.readouterr().out
+
+
+def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
+    """Two gloo ranks, started as torchrun starts them; rank 1 is stopped (SIGSTOP) mid-run and rank 0 gets
+    SIGTERM while it waits: rank 0 exits with one error line within --dist_timeout (5 s) of the stop, not after
+    gloo's 30 minutes. Mutation caught: no timeout on the process group."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    procs = [subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "100000", "--dist_timeout", "5",
+                                        "--grad_accum", "2", "--eval_every", "100000"),
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        deadline = time.time() + 120
+        while not (out / "log.jsonl").exists() or os.path.getsize(out / "log.jsonl") < 2000:
+            assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read()
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        time.sleep(1)
+        procs[0].send_signal(signal.SIGTERM)
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.time() - stopped
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    assert procs[0].returncode == 1 and "had no answer from the others within --dist_timeout" in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
+
+
+def test_export_never_destroys(tmp_path):
+    """--export_hf writes a new or empty folder (or replaces one with --overwrite), all files at once: a failure
+    half-way leaves nothing; a folder with files is refused before anything is read."""
+    cfg, model, _ = trained_tiny_model()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own")
+    with pytest.raises(ip.ConfigError, match="is not empty.*--overwrite"):
+        ip.export_hf(model, cfg, str(mine))
+    assert os.listdir(mine) == ["config.json"] and (mine / "config.json").read_text() == "my own"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sorted(os.listdir(ip.export_hf(model, cfg, str(empty)))) == ["config.json", "model.safetensors"]
+    assert (os.stat(empty).st_mode & 0o777) == (os.stat(mine).st_mode & 0o777)  # like any folder made here
+    ip.export_hf(model, cfg, str(mine), overwrite=True)
+    assert json.load(open(mine / "config.json"))["model_type"] == "llama"
+    real_dump = json.dump
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    json.dump = disk_full
+    try:
+        with pytest.raises(ip.RunFailed, match="No space left.*nothing was left half-written"):
+            ip.export_hf(model, cfg, str(tmp_path / "new"))
+    finally:
+        json.dump = real_dump
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]
+
+
+def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C while a checkpoint is written stops at once with 130 (not as a failed write), leaving the
+    last checkpoint and no .tmp; a figure that cannot be written after a finished run is one line, exit 1."""
+    args = ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "out"), "--sample_tokens", "0",
+            "--ckpt_every", "10"]
+    real_save, saves = torch.save, []
+
+    def two_ctrl_c(obj, f, *a, **kw):
+        saves.append(1)
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(obj, f, *a, **kw)
+    monkeypatch.setattr(torch, "save", two_ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        ip.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.startswith("error: stopped by a second Ctrl-C") and len(err.splitlines()) == 1
+    path = str(tmp_path / "out" / "ckpt.pt")
+    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def disk_full(records, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ip, "plot_run", disk_full)
+    with pytest.raises(SystemExit) as e:
+        ip.main(args + ["--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
+
+
 # ---- bad input: every knob, the data files, the devices; each a process that must fail cleanly -------------------
 FUZZ_DRIVER = """
 import json, os, sys
@@ -754,7 +984,20 @@ def fuzz_cases(good, bad_data, empty_dir):
               (["--sweep", "enlarge=2,2.0"], "--sweep"), (["--sweep", "enlarge=0.5,2"], "--enlarge"),
               (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep"),
               (["--compare", "--lr", "-1"], "--lr"), (["--ablation", "--device", "tpu"], "--device"),
-              (["--sweep", "lr=1e-3", "--no-such-flag"], "--no-such-flag"), (["--replot"], "--compare")]
+              (["--sweep", "lr=1e-3", "--no-such-flag"], "--no-such-flag"), (["--replot"], "--compare"),
+              (["--sweep", "enlarge/enlarge=2/3,3/3"], "given twice"), (["--sweep", "block_size=32,400000"], "400000"),
+              (["--sweep", "vocab_size=256,100"], "--vocab_size"),  # data checked before the first arm
+              (["--out_dir", ""], "--out_dir"), (["--resume", "--max_steps", "5"], "--max_steps"),
+              (["--resume", "--lr", "-1", "--max_steps", "0"], "--max_steps"),
+              (["--sample", "--prompt", ""], "prompt"), (["--sample", "--prompt_file", empty_dir], "--prompt_file"),
+              (["--sample", "--prompt_file", empty_dir + "/none"], "--prompt_file"),
+              (["--sample", "--prompt_file", os.path.join(good, "train.bin")], "--prompt_file"),  # binary
+              (["--sample", "--top_k", "-5"], "--top_k"), (["--sample", "--top_k", "0"], "--top_k"),
+              (["--sample", "--temperature", "nan"], "--temperature"), (["--sample", "--temperature", "0"], "--temperature"),
+              (["--sample", "--temperature", "-1"], "--temperature"), (["--sample", "--max_new_tokens", "-1"],
+                                                                       "--max_new_tokens"),
+              (["--sample", "--num_samples", "-3"], "--num_samples"), (["--export_hf", ""], "--export_hf"),
+              (["--export_hf", good], "not empty")]
     cases += [(["--data_dir", d], name) for d, name in bad_data]
     base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
     harness = ("--compare", "--ablation", "--sweep", "--replot")
@@ -790,13 +1033,25 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     run = tiny(byte_data, tmp_path / "run", max_steps=4, eval_every=4, ckpt_every=4, warmup_steps=1, ema_warmup=1)
     ip.train(run)
     (tmp_path / "no_run").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
     cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
+    cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "dangling")],
+                  "--out_dir"))
+    frozen = tmp_path / "frozen"  # an immutable ckpt.pt (chattr +i: root cannot write it either), where chattr works
+    frozen.mkdir()
+    (frozen / "ckpt.pt").write_bytes(open(os.path.join(run.out_dir, "ckpt.pt"), "rb").read())
+    if subprocess.run(["chattr", "+i", str(frozen / "ckpt.pt")], capture_output=True).returncode == 0:
+        cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(frozen), "--resume"],
+                      "ckpt.pt cannot be written"))
     argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
               (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else [])) for script, argv, _ in cases]
     snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
     before = snapshot()
-    proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen / "ckpt.pt")], capture_output=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bad = []
     for (_, _, name), r in zip(cases, json.loads(proc.stdout)):

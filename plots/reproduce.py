@@ -12,7 +12,8 @@ reproduce.py: the paper's figures from many runs of ideaprune.py, each trained t
 
 Every run goes to --out_dir/<name> (integrated, scratch, integrated_ema_beta=0.3, ceiling_F768, ...): a finished
 run of the same config there is reused (so suites and sweeps share runs), an interrupted one is resumed, a run
-of another config is refused (--overwrite trains it again). Figures and *_results.md go to --plot_dir.
+of another config is refused (--overwrite trains it again). Figures and *_results.md go to --plot_dir (default:
+--out_dir).
 """
 import math
 import os
@@ -205,10 +206,11 @@ def finished_or_resumable(cfg):
 
 
 def check_arms(subs, overwrite):
-    """Refuse before the first run, not after it: a device this machine lacks, or an arm that would overwrite
-    another config's run."""
+    """Refuse before the first run, not after it: a device this machine lacks, data that does not fit an arm, or an
+    arm that would overwrite another config's run."""
     for sub in subs:
         ip.check_device(sub)
+        ip.check_data(sub)
         if overwrite or not finished_or_resumable(sub):
             ip.check_out_dir(sub.out_dir, False, overwrite)
 
@@ -251,13 +253,13 @@ def run_suite(cfg, names, label, replot=False, overwrite=False):
         logs[name] = run_arm(sub, overwrite, replot)
     if None in logs.values():
         return {}
-    write_table(cfg, label, results_table(logs), plot_compare(logs, os.path.join(cfg.plot_dir, label)))
+    write_table(cfg, label, results_table(logs), plot_compare(logs, os.path.join(cfg.plot_dir or cfg.out_dir, label)))
     return logs
 
 
 def write_table(cfg, label, table, figures):
     """A suite's or sweep's markdown table, beside its figures and in out_dir."""
-    for path in (os.path.join(cfg.plot_dir, f"{label}_results.md"), os.path.join(cfg.out_dir, f"{label}_results.md")):
+    for path in {os.path.join(d, f"{label}_results.md") for d in (cfg.plot_dir or cfg.out_dir, cfg.out_dir)}:
         with open(path, "w") as f:
             f.write(table)
     print(f"\n{table}\nwrote {', '.join(figures)} and {label}_results.md")
@@ -274,6 +276,8 @@ def parse_sweep(spec):
     knobs, _, values = spec.partition("=")
     knobs = tuple(knobs.split("/"))
     bad = [k for k in knobs if k not in types or k in UNTRAINED + ("pipeline", "pruning", "lr_schedule")]
+    if len(set(knobs)) < len(knobs):
+        raise ip.ConfigError(f"--sweep {spec!r}: a knob is given twice")
     if not values or bad:
         raise ip.ConfigError(f"--sweep {spec!r}: write KNOB=V1,V2,... with KNOB a training knob (e.g. enlarge=1.5,2.6,4 "
                           f"or f1/f2=mean/max,max/max)" + (f"; {', '.join(bad)} is not one" if bad else ""))
@@ -347,7 +351,7 @@ def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
     results = [{"value": row["value"], **{role: finals[name] for role, (name, _) in row["runs"].items()}}
                for row in rows]
     label = "sweep_" + "_".join(knobs)
-    path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir, f"{label}.png"))
+    path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir or cfg.out_dir, f"{label}.png"))
     write_table(cfg, label, sweep_table(knobs, results, cfg.pipeline), [path])
     return results
 
