@@ -642,6 +642,7 @@ def start_run(cfg, resume, overwrite=False, given=None):
     rank, world = init_distributed(cfg)
     check_inputs(cfg, resume, overwrite, world)  # nothing is written before this line
     device, ctx = setup_device(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
     log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
     if rank == 0:
         describe(cfg)
@@ -744,20 +745,17 @@ def log_path(out_dir):
 def lock_out_dir(out_dir, rank=0, world=1):
     """One run per out_dir, for its whole life: rank 0 holds an OS lock on out_dir/lock, which dies with the process
     (kill -9 leaves no stale lock). A second run is refused on every rank, with the PID of the one that holds it."""
-    lock, holder = None, [None]
-    if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, "lock"), "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.truncate(0), lock.write(f"{os.getpid()}\n"), lock.flush()
-        except BlockingIOError:
-            lock.seek(0)
-            holder = [lock.read().strip() or "?"]
+    lock = open(os.path.join(out_dir, "lock"), "a+") if rank == 0 else None
+    try:
+        holder = [lock and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)]  # [None]: this run holds it
+    except BlockingIOError:
+        holder = [open(lock.name).read().strip() or "?"]
     if world > 1:
         dist.broadcast_object_list(holder)
     need(holder[0] is None, f"--out_dir {out_dir} is in use by process {holder[0]} (a run, a resume or a suite arm): "
                             f"wait for it, stop it, or choose another --out_dir")
+    if lock:
+        lock.truncate(0), lock.write(f"{os.getpid()}\n"), lock.flush()
     return lock
 
 class RunFailed(RuntimeError):
@@ -913,7 +911,6 @@ def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, to
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
 def check_export_dir(out_dir, overwrite=False):  # export never destroys: a new or empty folder, or --overwrite
-    need(out_dir, "--export_hf needs a folder to write")
     check_writable("--export_hf", out_dir)
     need(overwrite or not os.path.exists(out_dir) or os.path.isdir(out_dir) and not os.listdir(out_dir),
          f"--export_hf {out_dir} is not empty: choose a new or empty folder, or pass --overwrite to replace it")
@@ -955,15 +952,14 @@ def export_hf(model, cfg, out_dir, overwrite=False):
             json.dump(config, f, indent=1)
         if gpt2:  # GPT-2's tokenizer files, converted from tiktoken's ranks, so that AutoTokenizer works too
             beside("data/fineweb_edu/hf_tokenizer.py").write_gpt2_tokenizer(out_dir, cfg.block_size)
-        if os.path.lexists(final):  # empty, or --overwrite
-            shutil.rmtree(final) if os.path.isdir(final) else os.remove(final)
+        shutil.rmtree(final, ignore_errors=True)  # an empty folder, or --overwrite (check_export_dir)
         os.replace(out_dir, final)
     except OSError as e:
         shutil.rmtree(out_dir)
         raise RunFailed(f"--export_hf {final}: writing failed ({e}); nothing was left half-written") from None
     return final
 
-# ---- 12. Logging: the printed config, log.jsonl, the log line, the summary and the run's figure -------------------
+# ---- 12. Logging: the printed config, log.jsonl, the log line, the summary (the figure: plots/figures.py) ---------
 def phase_of(step, cfg):
     t_p, t_end = phase_steps(cfg)
     return "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
@@ -1010,19 +1006,16 @@ def read_log(path):
     """log.jsonl's records. A last line cut short (a kill, a full disk) is left out with a note (a resume writes the
     log again without it); a bad line anywhere else is an error that names it."""
     with open(path, "rb") as f:
-        lines = f.read().splitlines()
-    records = []
+        lines, records = f.read().splitlines(), []
     for i, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and "kind" in record:
-            records.append(record)
-        else:
+            records.append(json.loads(line))
+            need(isinstance(records[-1], dict) and "kind" in records[-1], "not a record")
+        except ValueError:  # (ConfigError is one)
             need(i == len(lines), f"{path}, line {i}, is not a record of a run: restore the file from a copy, or "
                                   f"delete that line (what the figures and tables lose with it)")
             print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
+            return records[:i - 1]
     return records
 
 class RunLog:
@@ -1123,71 +1116,6 @@ def finish_run(run, model):
         print("sample from the final model:\n" + sample(run.raw_model, cfg, run.device, run.ctx))
     return {"kind": "final", **final}
 
-PHASE_COLORS = {"enlarged": "#dbe9f6", "pruning": "#fde0c5", "recovery": "#dff2df"}
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-    return plt
-
-def parse_log(records):
-    header = next(r for r in records if r["kind"] == "config")
-    return header, [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
-
-def shade_phases(ax, header, scale=1.0, labels=True):
-    """Shade enlarged | pruning | recovery along x (steps times scale: tokens when scale = tokens per step)."""
-    if header["pruning"] == "none":
-        return
-    t_p, t_end, T = header["t_p"], header["t_end"], header["max_steps"]
-    for name, a, b in [("enlarged", 0, t_p), ("pruning", t_p, t_end), ("recovery", t_end, T)]:
-        if b > a:
-            ax.axvspan(a * scale, b * scale, color=PHASE_COLORS[name], label=name if labels else None, lw=0)
-    if t_end == t_p:  # one-shot: a window of zero width, drawn as a line
-        ax.axvline(t_p * scale, color="#e6550d", lw=1.5, label="one-shot prune" if labels else None)
-
-def smooth(values, window=25):
-    """Trailing moving average (the first points average over what exists)."""
-    c, idx = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0)), np.arange(1, len(values) + 1)
-    lo = np.maximum(0, idx - window)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-def plot_run(records, path):
-    """One run: LR with its phases (top), train/val loss against tokens (middle), FFN width (bottom)."""
-    plt = _plt()
-    header, train, evals = parse_log(records)
-    steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
-    fig, (ax_lr, ax_loss, ax_ffn) = plt.subplots(3, 1, figsize=(8, 10))
-    shade_phases(ax_lr, header)
-    ax_lr.plot(steps, [r["lr"] for r in train], color="k")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title=f"{header['pipeline']}: LR schedule ({header['lr_schedule']})")
-    if header["pruning"] != "none":
-        ax_lr.legend(loc="upper right", fontsize=8)
-    tok = np.array([r["tokens"] for r in train]) / 1e6
-    shade_phases(ax_loss, header, header["tokens_per_step"] / 1e6, labels=False)
-    ax_loss.plot(tok, losses, color="#9ecae1", lw=0.6, label="train (per step)")
-    ax_loss.plot(tok, smooth(losses), color="#08519c", label="train (smoothed)")
-    ax_loss.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o-", color="#d62728",
-                 label="validation")
-    ax_loss.set_ylim(min(losses) - 0.05, np.percentile(losses, 95) + 0.1)  # the first steps would flatten the rest
-    ax_loss.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)", title="loss")
-    ax_loss.legend(fontsize=8, loc="upper center")
-    scored = [r for r in evals if "hellaswag" in r]
-    if scored:  # zero-shot accuracy, on its own axis, against the same tokens
-        ax_hs = ax_loss.twinx()
-        ax_hs.plot([r["tokens"] / 1e6 for r in scored], [r["hellaswag"] for r in scored], "s-", color="#2ca02c",
-                   label="HellaSwag accuracy (length-normalized)")
-        ax_hs.legend(fontsize=8, loc="upper right")
-    shade_phases(ax_ffn, header, labels=False)
-    ax_ffn.plot(steps, [r["ffn"] for r in train], color="k")
-    ax_ffn.axhline(header["F_t"], ls="--", color="gray", lw=1, label=f"target F_t = {header['F_t']}")
-    ax_ffn.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width")
-    ax_ffn.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
 # ---- 13. Input checks: every refusal of bad input, before anything is written -------------------------------------
 def need(ok, msg):
     if not ok:
@@ -1284,7 +1212,6 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
          f"each does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
     check_data(cfg, prepare=world == 1)
     check_device(cfg)
-    need(cfg.out_dir, "--out_dir is empty: name a folder (the default is out)")
     for flag, path in (("--out_dir", cfg.out_dir), ("--plot_dir", cfg.plot_dir or cfg.out_dir)):
         check_writable(flag, path)  # now, not when the figure is drawn
     for path in (ckpt_path(cfg.out_dir), log_path(cfg.out_dir)):  # read-only, or chattr +i
@@ -1294,6 +1221,7 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
 
 def check_writable(flag, path):
     """The folder exists or can be made: no file or dangling link in its path, permission to write."""
+    need(path, f"{flag} is empty: name a folder")
     parent = os.path.abspath(path)
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
@@ -1345,16 +1273,15 @@ def parse_args(argv=None, p=None):
 
 def use_checkpoint(args):
     """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
-    for flag, ok, what in (("num_samples", args.num_samples >= 1, "at least 1"), ("top_k", args.top_k >= 1, "at "
-                           "least 1"), ("max_new_tokens", args.max_new_tokens >= 0, ">= 0"),
+    for flag, ok, what in (("num_samples", args.num_samples >= 1, ">= 1"), ("top_k", args.top_k >= 1, ">= 1"),
+                           ("max_new_tokens", args.max_new_tokens >= 0, ">= 0"),
                            ("temperature", 0 < args.temperature < math.inf, "> 0 and finite")):
         need(ok, f"--{flag} must be {what}, got {getattr(args, flag)}")
     try:
         prompt = open(args.prompt_file, encoding="utf-8").read() if args.prompt_file else args.prompt
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--prompt_file {args.prompt_file}: cannot read it as text ({e})") from None
-    need(prompt and "\0" not in prompt or not args.sample, "the prompt (--prompt or --prompt_file) is empty or not "
-                                                           "text: give it some text")
+    need(not args.sample or prompt and "\0" not in prompt, "--prompt (or --prompt_file) is empty or not text")
     if args.export_hf is not None:
         check_export_dir(args.export_hf, args.overwrite)
     model, cfg = load_model(ckpt_path(args.given.get("out_dir", Config.out_dir)))
@@ -1390,17 +1317,11 @@ def run_command(body):
     except RuntimeError as e:  # a collective that timed out (--dist_timeout): another process stopped answering
         if not (dist.is_initialized() and "Timed out" in str(e)):
             raise
-        print(f"error: process {dist.get_rank()} had no answer from the others within --dist_timeout (one stopped or "
-              f"died?): the job ends; --resume goes on from the last checkpoint", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:  # a second Ctrl-C: at once, with no checkpoint of this step
-        print("error: stopped by a second Ctrl-C, without a checkpoint of this step (--resume: from the last)",
-              file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except Interrupted as e:
+        sys.exit(f"error: process {dist.get_rank()} had no answer from the others within --dist_timeout: the job ends")
+    except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: a second Ctrl-C, at once
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(e, file=sys.stderr)
-        sys.exit(128 + e.signum)
+            print(str(e) or "stopped by a second Ctrl-C, with no checkpoint of this step", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -1411,13 +1332,16 @@ def main(argv=None):
         if args.sample or args.evaluate or args.export_hf is not None:
             use_checkpoint(args)
         else:  # the figure is drawn here, not in train(): tests and notebooks train without matplotlib
-            final = train(cfg, args.resume, overwrite=args.overwrite, given=args.given)
-            path = os.path.join(cfg.plot_dir or cfg.out_dir, f"{final and final['pipeline']}.png")
-            try:
-                final and plot_run(read_log(log_path(cfg.out_dir)), path)  # None on ranks other than 0
-            except OSError as e:  # the run is complete: only its figure is missing
-                raise RunFailed(f"the run finished, but its figure {path} could not be written ({e}); draw it with: "
-                                f"{resume_command(cfg.out_dir)}") from None
+            final = train(cfg, args.resume, overwrite=args.overwrite, given=args.given)  # None: not rank 0
+            log, path = log_path(cfg.out_dir), os.path.join(cfg.plot_dir or cfg.out_dir, f"{cfg.pipeline}.png")
+            if final and not os.path.exists(os.path.join(ROOT, "plots", "figures.py")):
+                print("no figure: plots/figures.py, which draws it, is not beside this file")
+            elif final:
+                try:
+                    beside("plots/figures.py").plot_run(read_log(log), path)
+                except OSError as e:  # the run is complete: only its figure is missing
+                    raise RunFailed(f"the run finished, but its figure {path} could not be written ({e}); draw it "
+                                    f"with: python plots/figures.py {shlex.quote(log)} {shlex.quote(path)}") from None
     run_command(body)
 
 if __name__ == "__main__":

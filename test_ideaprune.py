@@ -259,7 +259,8 @@ def test_compacted_model_is_a_plain_model_of_the_smaller_width():
 # ---- 8/10. end to end: the loop and its checkpoints ---------------------------------------------------------------
 def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
     """The file needs nothing beside it for a run: copied alone, it trains through every phase, writes its
-    checkpoint, log and figure, and uses its checkpoint. Mutation caught: a top-level import of a script beside it."""
+    checkpoint and log (the figure needs plots/figures.py: it says so), and uses its checkpoint. Mutation caught: a
+    top-level import of a script beside it."""
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "ideaprune.py").write_text(open(os.path.join(ROOT, "ideaprune.py")).read())
@@ -268,7 +269,7 @@ def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
            "--eval_every", "8", "--warmup_steps", "1", "--ema_warmup", "1"]
     proc = subprocess.run(run, cwd=alone, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "done: integrated" in proc.stdout and os.path.getsize(alone / "out" / "integrated.png") > 10_000
+    assert "done: integrated" in proc.stdout and "no figure: plots/figures.py" in proc.stdout
     proc = subprocess.run([sys.executable, "ideaprune.py", "--evaluate", "--sample", "--max_new_tokens", "8",
                            "--data_dir", byte_data], cwd=alone, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
@@ -793,7 +794,7 @@ def test_a_damaged_log_is_repaired_or_named(byte_data, tmp_path, capsys):
     final = ip.train(cfg, resume=True)
     records = ip.read_log(path)
     assert records[0]["kind"] == "config" and records[-1] == final and final["val_loss"] > 0
-    ip.plot_run(records, str(tmp_path / "fig.png"))
+    rp.figures.plot_run(records, str(tmp_path / "fig.png"))
 
 
 def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path, capsys):
@@ -818,6 +819,7 @@ def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path
     ip.main(["--out_dir", out, "--resume", "--data_dir", str(moved), "--lr", "1e-3"])
     assert f"with --data_dir {moved} (was {data}), --lr 0.001 (was 0.003)" in capsys.readouterr().out
     assert ip.read_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["lr"] == 1e-3
+    assert os.path.getsize(os.path.join(out, "integrated.png")) > 10_000  # the figure goes next to the log
     # divergence: the command in the message resumes with half the LR
     cfg = tiny(str(moved), tmp_path / "diverged", ckpt_every=1, lr=1e30, min_lr=1e-5)
     with pytest.raises(ip.Diverged) as e:
@@ -852,8 +854,9 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
         _, err = procs[0].communicate(timeout=60)
         waited = time.time() - stopped
     finally:
-        procs[1].kill()
-        procs[1].wait()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     assert procs[0].returncode == 1 and "had no answer from the others within --dist_timeout" in err, err[-2000:]
     assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
 
@@ -904,14 +907,14 @@ def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, 
     with pytest.raises(SystemExit) as e:
         ip.main(args)
     err = capsys.readouterr().err
-    assert e.value.code == 130 and err.startswith("error: stopped by a second Ctrl-C") and len(err.splitlines()) == 1
+    assert e.value.code == 130 and err.startswith("stopped by a second Ctrl-C") and len(err.splitlines()) == 1
     path = str(tmp_path / "out" / "ckpt.pt")
     assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
     monkeypatch.setattr(torch, "save", real_save)
 
     def disk_full(records, path):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(ip, "plot_run", disk_full)
+    monkeypatch.setattr(ip.beside("plots/figures.py"), "plot_run", disk_full)
     with pytest.raises(SystemExit) as e:
         ip.main(args + ["--overwrite"])
     err = capsys.readouterr().err
@@ -1354,13 +1357,13 @@ def test_plots_from_a_synthetic_log(tmp_path):
     evals = [{"kind": "eval", "step": s, "tokens": 1000 * s, "flops": 6e5 * s, "train_loss": 3 - s / 50,
               "val_loss": 3.1 - s / 50} for s in range(0, 101, 20)]
     records = [header] + train + evals
-    ip.plot_run(records, str(tmp_path / "run.png"))
+    rp.figures.plot_run(records, str(tmp_path / "run.png"))
     written = rp.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
                               str(tmp_path / "cmp"))
     assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
     # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
     scored = [header] + train + [{**r, "hellaswag": 0.25 + r["step"] / 1000} for r in evals]
-    ip.plot_run(scored, str(tmp_path / "scored.png"))
+    rp.figures.plot_run(scored, str(tmp_path / "scored.png"))
     final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
              "flops": 6e7, "wall_s": 5}
     table = rp.results_table({"a": scored + [{**final, "hellaswag": 0.3}], "b": scored + [{**final, "hellaswag": 0.29}]})

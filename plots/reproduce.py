@@ -28,6 +28,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ideaprune.py, one folder up
 import ideaprune as ip  # noqa: E402
 
+figures = ip.beside("plots/figures.py")  # one run's figure, and the helpers these figures share
+
 
 COMPARE = ("scratch", "integrated", "minitron", "sheared")
 
@@ -37,10 +39,10 @@ ABLATION = ("resumed", "rewarmed")
 
 def plot_compare(logs, prefix):
     """Several runs (name -> log records): the figures of the comparison, written to prefix_*.png."""
-    plt = ip._plt()
+    plt = figures._plt()
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     colors = dict(zip(ip.PIPELINES, ["#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
-    parsed = {name: ip.parse_log(recs) for name, recs in logs.items()}
+    parsed = {name: figures.parse_log(recs) for name, recs in logs.items()}
     written = []
 
     def save(fig, name):
@@ -53,7 +55,7 @@ def plot_compare(logs, prefix):
     fig, axes = plt.subplots(len(logs), 1, figsize=(8, 2.2 * len(logs)), sharex=True, squeeze=False)
     for ax, (name, (header, train, _)) in zip(axes[:, 0], parsed.items()):
         scale = header["tokens_per_step"] / 1e6
-        ip.shade_phases(ax, header, scale)
+        figures.shade_phases(ax, header, scale)
         ax.plot([r["tokens"] / 1e6 for r in train], [r["lr"] for r in train], color=colors.get(name, "k"))
         ax.set(ylabel="LR", title=f"{name}: pruning {header['pruning']}, LR {header['lr_schedule']}")
         if header["pruning"] != "none":
@@ -67,12 +69,12 @@ def plot_compare(logs, prefix):
     for a in (ax, zoom):
         if ref and ref["t_end"] > ref["t_p"]:
             a.axvspan(ref["t_p"] * ref["tokens_per_step"] / 1e6, ref["t_end"] * ref["tokens_per_step"] / 1e6,
-                      color=ip.PHASE_COLORS["pruning"], label="pruning window", lw=0)
+                      color=figures.PHASE_COLORS["pruning"], label="pruning window", lw=0)
         elif ref:
             a.axvline(ref["t_p"] * ref["tokens_per_step"] / 1e6, color="#e6550d", lw=1.5, label="one-shot prune")
         for name, (header, train, evals) in parsed.items():
             tok = np.array([r["tokens"] for r in train]) / 1e6
-            a.plot(tok, ip.smooth([r["loss"] for r in train]), color=colors.get(name), lw=1.2,
+            a.plot(tok, figures.smooth([r["loss"] for r in train]), color=colors.get(name), lw=1.2,
                    label=f"{name} train (smoothed)")
             a.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o--", ms=3,
                    color=colors.get(name), lw=0.8, label=f"{name} validation")
@@ -130,7 +132,7 @@ def results_table(logs):
 def plot_sweep(knobs, results, pipeline, path):
     """Final validation loss against a swept knob (the paper's Figures 3, 4 and 1 left): the pruning pipeline per
     value, scratch at F_t (and the ceiling, F_e throughout) as references; below, the gap to scratch."""
-    plt = ip._plt()
+    plt = figures._plt()
     labels = ["/".join(map(str, r["value"])) for r in results]
     numeric = len(knobs) == 1 and all(isinstance(r["value"][0], (int, float)) for r in results)
     x = [r["value"][0] for r in results] if numeric else list(range(len(results)))
@@ -224,7 +226,7 @@ def run_arm(cfg, overwrite=False, replot=False):
     elif not replot:
         final = ip.train(cfg, resume=state == "resume", overwrite=overwrite)
         if final:  # None on ranks other than 0
-            ip.plot_run(ip.read_log(log_path), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
+            figures.plot_run(ip.read_log(log_path), os.path.join(cfg.plot_dir, f"{final['pipeline']}.png"))
     if dist.is_initialized() and dist.get_rank() != 0:
         return None  # under torchrun, rank 0 draws the figures
     if not os.path.exists(log_path) or not any(r["kind"] == "final" for r in ip.read_log(log_path)):
