@@ -22,6 +22,7 @@ Files (this one runs alone, copied anywhere; the others are imported only where 
   ideaprune.py             sections 1-8: the method and its loop; 9-14: what makes it a real training script
   data/*/prepare.py        token files: shakespeare (the default, prepared on first use), fineweb_edu (300m)
   data/hellaswag/          prepare.py fetches HellaSwag; eval.py scores it (section 11 calls it on GPT-2 data)
+  plots/figures.py         a run's figure from its log.jsonl (drawn at the end of a run when it is here)
   plots/reproduce.py       the paper's figures from many runs: --compare, --ablation, --sweep; and --bench
   test_ideaprune.py        pytest on CPU: parity checks and real tiny runs
 """
@@ -745,17 +746,21 @@ def log_path(out_dir):
 def lock_out_dir(out_dir, rank=0, world=1):
     """One run per out_dir, for its whole life: rank 0 holds an OS lock on out_dir/lock, which dies with the process
     (kill -9 leaves no stale lock). A second run is refused on every rank, with the PID of the one that holds it."""
-    lock = open(os.path.join(out_dir, "lock"), "a+") if rank == 0 else None
-    try:
-        holder = [lock and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)]  # [None]: this run holds it
-    except BlockingIOError:
-        holder = [open(lock.name).read().strip() or "?"]
+    lock, holder = None, [None]  # holder: the PID of another run that holds it
+    if rank == 0:
+        lock = open(os.path.join(out_dir, "lock"), "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = [open(lock.name).read().strip() or "?"]
     if world > 1:
         dist.broadcast_object_list(holder)
     need(holder[0] is None, f"--out_dir {out_dir} is in use by process {holder[0]} (a run, a resume or a suite arm): "
                             f"wait for it, stop it, or choose another --out_dir")
-    if lock:
-        lock.truncate(0), lock.write(f"{os.getpid()}\n"), lock.flush()
+    if lock:  # ours now: our PID, for the message a second run gets
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
     return lock
 
 class RunFailed(RuntimeError):

@@ -3,6 +3,7 @@ Run: python -m pytest -q"""
 import copy
 import re
 import importlib.util
+import shlex
 import io
 import json
 import math
@@ -821,13 +822,13 @@ def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path
     assert ip.read_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["lr"] == 1e-3
     assert os.path.getsize(os.path.join(out, "integrated.png")) > 10_000  # the figure goes next to the log
     # divergence: the command in the message resumes with half the LR
-    cfg = tiny(str(moved), tmp_path / "diverged", ckpt_every=1, lr=1e30, min_lr=1e-5)
+    cfg = tiny(str(moved), tmp_path / "a diverged run", ckpt_every=1, lr=1e30, min_lr=1e-5)
     with pytest.raises(ip.Diverged) as e:
         ip.train(cfg)
     command = str(e.value).split("with half the LR: ")[1]
     assert command.startswith("python ideaprune.py --out_dir ") and "--lr 5e+29 --min_lr 1e-05" in command
     with pytest.raises(ip.Diverged):  # accepted and applied (and 5e29 diverges too)
-        ip.train(cfg, resume=True, given=ip.parse_args(command.split()[2:])[1].given)
+        ip.train(cfg, resume=True, given=ip.parse_args(shlex.split(command)[2:])[1].given)  # quoted: a space
     assert "with --lr 5e+29 (was 1e+30)" in capsys.readouterr().out
 
 
