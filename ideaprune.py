@@ -903,16 +903,18 @@ def hellaswag(model, cfg, device, ctx):
 
 @torch.no_grad()
 def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, top_k=40, seed=None):
-    """Text the model writes after the prompt (not repeated): one token at a time, among the top_k likeliest."""
+    """Text the model writes after the prompt (not repeated): one token at a time, among the top_k likeliest (0: all),
+    at a temperature (0: always the likeliest). The context is the last block_size tokens (the trained length)."""
     encode, decode = tokenizer(cfg)
     prompt_ids = torch.tensor([encode(prompt)], dtype=torch.long, device=device)
     idx, gen = prompt_ids, torch.Generator(device).manual_seed(cfg.seed if seed is None else seed)
     for _ in range(cfg.sample_tokens if n_new is None else n_new):
         with ctx:
-            logits = model(idx[:, -cfg.block_size:])[0][:, -1, :].float() / temperature
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            logits = model(idx[:, -cfg.block_size:])[0][:, -1, :].float() / (temperature or 1)
+        kth = torch.topk(logits, min(top_k or logits.size(-1), logits.size(-1))).values[:, [-1]]
         probs = F.softmax(logits.masked_fill(logits < kth, -float("inf")), dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=gen)), dim=1)
+        next_id = probs.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1, generator=gen)
+        idx = torch.cat((idx, next_id), dim=1)
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
 def check_export_dir(out_dir, overwrite=False):  # export never destroys: a new or empty folder, or --overwrite
@@ -946,7 +948,7 @@ def export_hf(model, cfg, out_dir, overwrite=False):
               "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": 1e-5,
               "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
               "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
-              "bos_token_id": 50256 if gpt2 else None, "eos_token_id": 50256 if gpt2 else None}
+              "bos_token_id": 50256 if gpt2 else 0, "eos_token_id": 50256 if gpt2 else 0}  # (bytes: NUL)
     check_export_dir(out_dir, overwrite)
     final, out_dir = out_dir, f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"  # every file here, then one rename
     os.makedirs(out_dir)
@@ -955,8 +957,8 @@ def export_hf(model, cfg, out_dir, overwrite=False):
                   os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
-        if gpt2:  # GPT-2's tokenizer files, converted from tiktoken's ranks, so that AutoTokenizer works too
-            beside("data/fineweb_edu/hf_tokenizer.py").write_gpt2_tokenizer(out_dir, cfg.block_size)
+        tok = beside("data/hf_tokenizer.py")  # the tokenizer files, so that AutoTokenizer works too
+        (tok.write_gpt2_tokenizer if gpt2 else tok.write_byte_tokenizer)(out_dir, cfg.block_size)
         shutil.rmtree(final, ignore_errors=True)  # an empty folder, or --overwrite (check_export_dir)
         os.replace(out_dir, final)
     except OSError as e:
@@ -1267,8 +1269,8 @@ def parse_args(argv=None, p=None):
         use.add_argument("--prompt_file", help="read the prompt from this file")
         use.add_argument("--num_samples", type=int, default=1, help="how many samples")
         use.add_argument("--max_new_tokens", type=int, default=200, help="tokens per sample")
-        use.add_argument("--temperature", type=float, default=0.8, help="softmax temperature")
-        use.add_argument("--top_k", type=int, default=40, help="sample among the k likeliest tokens")
+        use.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+        use.add_argument("--top_k", type=int, default=40, help="sample among the k likeliest tokens (0: all)")
         use.add_argument("--evaluate", action="store_true", help="the full validation loss and perplexity")
         use.add_argument("--export_hf", metavar="DIR", help="write a Hugging Face LlamaForCausalLM directory")
     args = p.parse_args(argv)
@@ -1278,9 +1280,9 @@ def parse_args(argv=None, p=None):
 
 def use_checkpoint(args):
     """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
-    for flag, ok, what in (("num_samples", args.num_samples >= 1, ">= 1"), ("top_k", args.top_k >= 1, ">= 1"),
+    for flag, ok, what in (("num_samples", args.num_samples >= 1, ">= 1"), ("top_k", args.top_k >= 0, ">= 0 (0: off)"),
                            ("max_new_tokens", args.max_new_tokens >= 0, ">= 0"),
-                           ("temperature", 0 < args.temperature < math.inf, "> 0 and finite")):
+                           ("temperature", 0 <= args.temperature < math.inf, ">= 0 and finite (0: greedy)")):
         need(ok, f"--{flag} must be {what}, got {getattr(args, flag)}")
     try:
         prompt = open(args.prompt_file, encoding="utf-8").read() if args.prompt_file else args.prompt
@@ -1292,6 +1294,8 @@ def use_checkpoint(args):
     model, cfg = load_model(ckpt_path(args.given.get("out_dir", Config.out_dir)))
     cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
     check_device(cfg)
+    if args.sample or args.export_hf:
+        tokenizer(cfg)  # GPT-2: its vocabulary is there, before anything is written
     device, ctx = setup_device(cfg)
     model.to(device).eval()
     print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {ckpt_path(cfg.out_dir)}")

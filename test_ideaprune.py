@@ -996,8 +996,7 @@ def fuzz_cases(good, bad_data, empty_dir):
               (["--sample", "--prompt", ""], "prompt"), (["--sample", "--prompt_file", empty_dir], "--prompt_file"),
               (["--sample", "--prompt_file", empty_dir + "/none"], "--prompt_file"),
               (["--sample", "--prompt_file", os.path.join(good, "train.bin")], "--prompt_file"),  # binary
-              (["--sample", "--top_k", "-5"], "--top_k"), (["--sample", "--top_k", "0"], "--top_k"),
-              (["--sample", "--temperature", "nan"], "--temperature"), (["--sample", "--temperature", "0"], "--temperature"),
+              (["--sample", "--top_k", "-5"], "--top_k"), (["--sample", "--temperature", "nan"], "--temperature"),
               (["--sample", "--temperature", "-1"], "--temperature"), (["--sample", "--max_new_tokens", "-1"],
                                                                        "--max_new_tokens"),
               (["--sample", "--num_samples", "-3"], "--num_samples"), (["--export_hf", ""], "--export_hf"),
@@ -1147,6 +1146,65 @@ def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
         load_prepare("fineweb_edu").gpt2_encoding()
 
 
+
+@pytest.fixture(scope="session")
+def gpt2_vocab(tmp_path_factory):
+    """A tiktoken cache holding GPT-2's real vocabulary, built offline by data/gpt2_vocab.py from the openai-whisper
+    sdist, which pip fetches from PyPI like every other package here. Without it the tests that need it say why."""
+    d = tmp_path_factory.mktemp("whisper")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                           "openai-whisper==20250625", "-d", str(d)], capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        pytest.skip(f"needs GPT-2's vocabulary: pip could not fetch the openai-whisper sdist ({proc.stderr[-300:]})")
+    return load_script("data/gpt2_vocab.py").write_cache(str(next(d.glob("*.tar.gz"))), str(d / "cache"))
+
+
+def shakespeare_text(n_bytes):
+    """Real English: the embedded dataset's held-out plays (prepared on first use), as text."""
+    cfg = ip.make_config("demo")
+    ip.check_data(cfg)
+    ids = np.fromfile(os.path.join(ip.dataset_path(cfg), "val.bin"), dtype=np.uint16)[:n_bytes]
+    return ids.astype(np.uint8).tobytes().decode("utf-8", errors="ignore")
+
+
+def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
+    """GPT-2's vocabulary rebuilt offline from a registry package: tiktoken gives GPT-2's ids ("Hello world" ->
+    15496, 995); the FineWeb-Edu tokenize-and-write path turns Shakespeare into files that decode back; a short run
+    on them trains, samples and exports; the export's tokenizer gives tiktoken's ids on unicode, leading spaces,
+    newlines and <|endoftext|>, and transformers' pipeline writes with it. Without the vocabulary, --export_hf is
+    one line, exit 2, and writes nothing."""
+    import tiktoken
+    import transformers
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", gpt2_vocab)
+    enc = tiktoken.get_encoding("gpt2")
+    assert enc.encode("Hello world") == [15496, 995] and enc.n_vocab == 50257
+    prep = load_prepare("fineweb_edu")
+    monkeypatch.setattr(prep, "VAL_EVERY", 10)
+    docs = [d for d in shakespeare_text(40_000).split("\n\n") if d.strip()]
+    data = str(tmp_path / "fineweb")
+    prep.prepare(iter(docs), data, prep.gpt2_encoding, {"tokenizer": "gpt2", "vocab_size": 50257}, num_proc=1)
+    ids = np.concatenate([np.fromfile(os.path.join(data, f"{s}.bin"), dtype=np.uint16) for s in ("val", "train")])
+    assert int((ids == 50256).sum()) == len(docs) and len(docs) > 50
+    assert sorted(enc.decode(ids.tolist()).split("<|endoftext|>")[:-1]) == sorted(docs)  # every document, whole
+    cfg = ip.make_config("tiny", data_dir=data, vocab_size=50304, max_steps=8, eval_every=8, warmup_steps=1,
+                         ema_warmup=1, block_size=16, out_dir=str(tmp_path / "out"), sample_tokens=8)
+    assert ip.train(cfg)["val_loss"] < math.log(50304)
+    out = str(tmp_path / "hf")
+    ip.main(["--out_dir", cfg.out_dir, "--export_hf", out])
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Hello world\n  leading spaces, unicode: é ü 日本 — “quotes”<|endoftext|>Next doc\n\n"
+    assert tok(text)["input_ids"] == enc.encode(text, allowed_special="all") and tok.eos_token_id == 50256
+    written = transformers.pipeline("text-generation", model=out, device="cpu")("Hello", max_new_tokens=4,
+                                                                                do_sample=False)[0]["generated_text"]
+    assert written.startswith("Hello")
+
+    def offline(name):
+        raise ConnectionError("no route to the vocabulary")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(SystemExit) as e:
+        ip.main(["--out_dir", cfg.out_dir, "--export_hf", str(tmp_path / "hf2")])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "hf2")
+
 # ---- 11. use the pruned model: a mid-run checkpoint, export to Hugging Face, HellaSwag ----------------------------
 def test_load_model_from_the_middle_of_the_window_drops_masked_neurons(byte_data, tmp_path):
     """A checkpoint with masked, not yet compacted neurons loads as the deployed model: those neurons sliced out,
@@ -1183,6 +1241,27 @@ def test_export_to_hugging_face_gives_the_same_logits(tmp_path):
         torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
 
 
+
+def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path):
+    """A byte-level run's export has a tokenizer: AutoTokenizer gives the bytes as ids (unicode, newlines, a literal
+    "Ā" and "<|endoftext|>" included) and decodes them back, eos is byte 0, and pipeline("text-generation") writes,
+    greedily, exactly what our sample() writes at temperature 0 (within block_size). Mutations caught: no tokenizer
+    written; split_special_tokens off (a literal "Ā" becomes eos)."""
+    import transformers
+    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=20)
+    ip.train(cfg)
+    model, cfg = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    out = ip.export_hf(model, cfg, str(tmp_path / "hf"))
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = " ROMEO.\nJuliet: é ü 日本 Ā <|endoftext|>"
+    assert tok(text)["input_ids"] == list(text.encode()) and tok.decode(list(text.encode())) == text
+    assert tok.eos_token_id == 0 and len(tok) == 256
+    generate = transformers.pipeline("text-generation", model=out, tokenizer=out, device="cpu")
+    hf = generate("the king ", max_new_tokens=16, do_sample=False)[0]["generated_text"]
+    ours = ip.sample(model.eval(), cfg, torch.device("cpu"), ip.nullcontext(), "the king ", 16, temperature=0)
+    assert hf == "the king " + ours and len(ours) == 16
+    assert len(ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "the", 8, top_k=0)) > 0  # 0: no top-k
+
 def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
     with GPT-2's pre-tokenizer, built offline) load with AutoTokenizer and give tiktoken's ids."""
@@ -1194,7 +1273,7 @@ def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
     enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
-    load_script("data/fineweb_edu/hf_tokenizer.py").write_hf_tokenizer(enc, str(tmp_path), 64)
+    load_script("data/hf_tokenizer.py").write_hf_tokenizer(enc, str(tmp_path), 64)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
     assert tok.encode(text) == enc.encode_ordinary(text)
