@@ -21,7 +21,8 @@ Run manual
 Files (this one runs alone, copied anywhere; the others are imported only where they are used)
   ideaprune.py             sections 1-8: the method and its loop; 9-14: what makes it a real training script
   data/*/prepare.py        token files: shakespeare (the default, prepared on first use), fineweb_edu (300m)
-  data/hellaswag/          prepare.py fetches HellaSwag; eval.py scores it (section 11 calls it on GPT-2 data)
+  data/hellaswag/          prepare.py fetches HellaSwag; eval.py scores it as lm-eval does (called on GPT-2 data)
+  data/hf_tokenizer.py     the tokenizer files of --export_hf; data/gpt2_vocab.py: GPT-2's vocabulary offline
   plots/figures.py         a run's figure from its log.jsonl (drawn at the end of a run when it is here)
   plots/reproduce.py       the paper's figures from many runs: --compare, --ablation, --sweep; and --bench
   test_ideaprune.py        pytest on CPU: parity checks and real tiny runs
@@ -880,7 +881,7 @@ def eval_and_log(run, model, step):
         model.train()
         hs = hellaswag(model, run.cfg, run.device, run.ctx)
         run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
-                    (f" | hellaswag {hs['hellaswag']:.4f}" if hs else ""))
+                    (f" | hellaswag acc_norm {hs['hellaswag_acc_norm']:.4f}" if hs else ""))
         run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
                       train_loss=est["train"], val_loss=est["val"], **hs)
 
@@ -895,11 +896,13 @@ def beside(path):
 HELLASWAG = os.path.join(ROOT, "data", "hellaswag", "val.jsonl")  # python data/hellaswag/prepare.py writes it
 
 def hellaswag(model, cfg, device, ctx):
-    """{"hellaswag": zero-shot accuracy} (data/hellaswag/eval.py) on GPT-2 BPE data once it is prepared, else {}."""
+    """{"hellaswag_acc", "hellaswag_acc_norm", ...}: lm-eval's zero-shot accuracies (data/hellaswag/eval.py) on GPT-2
+    BPE data once it is prepared, else {}."""
     if tokenizer_kind(cfg) != "gpt2" or not os.path.exists(HELLASWAG):
         return {}
     hs = beside("data/hellaswag/eval.py")
-    return {"hellaswag": hs.accuracy(model, hs.read(HELLASWAG), tokenizer(cfg)[0], device, ctx, cfg.block_size)}
+    got = hs.scores(model, hs.read(HELLASWAG), tokenizer(cfg)[0], device, ctx, cfg.block_size)
+    return {f"hellaswag_{name}": value for name, value in got.items()}
 
 @torch.no_grad()
 def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, top_k=40, seed=None):
@@ -1118,7 +1121,7 @@ def finish_run(run, model):
           f"{fmt_params(progress['params_start'])} -> {fmt_params(final['params'])} | {final['tokens'] / 1e6:.2f}M "
           f"tokens | {final['flops']:.3g} FLOPs ({', '.join(f'{k} {v:.2g}' for k, v in final['flops_by_phase'].items())})"
           f" | {final['wall_s']:.0f} s" + (f" | mfu {100 * speed:.1f}% (training steps)" if speed else "") +
-          (f" | hellaswag {final['hellaswag']:.4f}" if "hellaswag" in final else ""))
+          (f" | hellaswag acc_norm {final['hellaswag_acc_norm']:.4f}" if "hellaswag_acc_norm" in final else ""))
     if cfg.sample_tokens:
         print("sample from the final model:\n" + sample(run.raw_model, cfg, run.device, run.ctx))
     return {"kind": "final", **final}

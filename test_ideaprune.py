@@ -1169,10 +1169,11 @@ def shakespeare_text(n_bytes):
 
 def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
     """GPT-2's vocabulary rebuilt offline from a registry package: tiktoken gives GPT-2's ids ("Hello world" ->
-    15496, 995); the FineWeb-Edu tokenize-and-write path turns Shakespeare into files that decode back; a short run
+    15496, 995); FineWeb-Edu's prepare.py turns Shakespeare in local Parquet files into token files that decode
+    back; a short run
     on them trains, samples and exports; the export's tokenizer gives tiktoken's ids on unicode, leading spaces,
-    newlines and <|endoftext|>, and transformers' pipeline writes with it. Without the vocabulary, --export_hf is
-    one line, exit 2, and writes nothing."""
+    newlines and <|endoftext|>, transformers' pipeline writes with it and lm-eval scores it as we do. Without the
+    vocabulary, --export_hf is one line, exit 2, and writes nothing."""
     import tiktoken
     import transformers
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", gpt2_vocab)
@@ -1181,8 +1182,13 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
     prep = load_prepare("fineweb_edu")
     monkeypatch.setattr(prep, "VAL_EVERY", 10)
     docs = [d for d in shakespeare_text(40_000).split("\n\n") if d.strip()]
+    import pyarrow as pa  # FineWeb-Edu's format: Parquet files with a "text" column, here two local ones
+    import pyarrow.parquet as pq
+    for i, part in enumerate((docs[:len(docs) // 2], docs[len(docs) // 2:])):
+        pq.write_table(pa.table({"text": part, "id": list(range(len(part)))}), str(tmp_path / f"part-{i}.parquet"))
     data = str(tmp_path / "fineweb")
-    prep.prepare(iter(docs), data, prep.gpt2_encoding, {"tokenizer": "gpt2", "vocab_size": 50257}, num_proc=1)
+    prep.main(["--data_files", str(tmp_path / "part-*.parquet"), "--out_dir", data, "--num_proc", "1"])
+    assert json.load(open(os.path.join(data, "meta.json")))["corpus"].startswith("local Parquet")
     ids = np.concatenate([np.fromfile(os.path.join(data, f"{s}.bin"), dtype=np.uint16) for s in ("val", "train")])
     assert int((ids == 50256).sum()) == len(docs) and len(docs) > 50
     assert sorted(enc.decode(ids.tolist()).split("<|endoftext|>")[:-1]) == sorted(docs)  # every document, whole
@@ -1197,6 +1203,10 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
     written = transformers.pipeline("text-generation", model=out, device="cpu")("Hello", max_new_tokens=4,
                                                                                 do_sample=False)[0]["generated_text"]
     assert written.startswith("Hello")
+    metrics, _ = lm_eval_hellaswag(out, tmp_path)  # lm_eval's hf model on the GPT-2 export, GPT-2 tokens
+    model, cfg = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    got = hs.scores(model, HELLASWAG_DOCS, enc.encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
+    assert (got["acc"], got["acc_norm"]) == (metrics["acc,none"], metrics["acc_norm,none"])
 
     def offline(name):
         raise ConnectionError("no route to the vocabulary")
@@ -1242,7 +1252,7 @@ def test_export_to_hugging_face_gives_the_same_logits(tmp_path):
 
 
 
-def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path):
+def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path, capsys):
     """A byte-level run's export has a tokenizer: AutoTokenizer gives the bytes as ids (unicode, newlines, a literal
     "Ā" and "<|endoftext|>" included) and decodes them back, eos is byte 0, and pipeline("text-generation") writes,
     greedily, exactly what our sample() writes at temperature 0 (within block_size). Mutations caught: no tokenizer
@@ -1261,6 +1271,9 @@ def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path):
     ours = ip.sample(model.eval(), cfg, torch.device("cpu"), ip.nullcontext(), "the king ", 16, temperature=0)
     assert hf == "the king " + ours and len(ours) == 16
     assert len(ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "the", 8, top_k=0)) > 0  # 0: no top-k
+    ip.main(["--out_dir", cfg.out_dir, "--sample", "--prompt", "the king ",
+             "--temperature", "0", "--top_k", "0", "--max_new_tokens", "16"])
+    assert capsys.readouterr().out.endswith(f"the king {ours}\n")  # the command line's greedy: the same text
 
 def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
@@ -1307,22 +1320,95 @@ def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data,
         sums_disagree |= int(np.argmin([s.sum().item() for s in endings])) != ex["label"]
         context_disagrees |= int(np.argmin([r.mean().item() for r in rows])) != ex["label"]
     assert sums_disagree and context_disagrees
-    score = lambda exs: hs.accuracy(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
-    assert score(examples) == 1.0
-    assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples]) == 0.0
+    score = lambda exs: hs.scores(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
+    assert score(examples)["acc_per_token"] == 1.0
+    assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples])["acc_per_token"] == 0.0
     # the same scoring from the command line, on the run's checkpoint
     (tmp_path / "hs.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
     hs.main(["--out_dir", cfg.out_dir, "--file", str(tmp_path / "hs.jsonl"), "--device", "cpu"])
-    assert "hellaswag 1.0000 (length-normalized, 4 examples)" in capsys.readouterr().out
+    assert "acc_per_token 1.0000 (4 examples)" in capsys.readouterr().out
 
+
+LOCAL_HELLASWAG = """task: local_hellaswag
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: DOCS
+validation_split: validation
+output_type: multiple_choice
+process_docs: !function utils.process_docs
+doc_to_text: "{{query}}"
+doc_to_target: "{{label}}"
+doc_to_choice: "choices"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+HELLASWAG_DOCS = [  # HellaSwag's format, with its WikiHow artifacts; endings short enough for a 16-token context
+    {"activity_label": "Castle life", "ctx_a": "the king speaks to the lady", "ctx_b": "and the [title] queen",
+     "ctx": "", "endings": ["goes to the castle at", "qzx jv [step] kq", "comes from the field", "not"], "label": 0},
+    {"activity_label": "Night", "ctx_a": "the lord", "ctx_b": "comes", "ctx": "",
+     "endings": ["to the castle", "zzz", "from the day and the", "qq"], "label": 2},
+    {"activity_label": "Field", "ctx_a": "a lady goes to the", "ctx_b": "[header] field", "ctx": "",
+     "endings": ["and the king", "day", "kqz", "but not from"], "label": 3}]
+
+
+def lm_eval_hellaswag(hf_dir, tmp_path):
+    """lm-eval's own hellaswag task (its process_docs from its utils.py, its acc and acc_norm) on HELLASWAG_DOCS,
+    through its hf model on an export: (metrics, per-doc samples)."""
+    import shutil
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    task = tmp_path / "lm_eval_task"
+    task.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "hellaswag", "utils.py"), task)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HELLASWAG_DOCS))
+    (task / "local_hellaswag.yaml").write_text(LOCAL_HELLASWAG.replace("DOCS", str(tmp_path / "docs.jsonl")))
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
+                                  tasks=["local_hellaswag"], task_manager=TaskManager(include_path=str(task)),
+                                  device="cpu", batch_size=1, log_samples=True)
+    return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
+
+
+def test_hellaswag_scores_are_lm_evals_and_lm_eval_runs_on_the_export(byte_data, tmp_path):
+    """lm-eval (a test-only dependency installed by .ci/run) runs its hellaswag task on our byte-level export
+    through its hf model; our query, continuations, per-ending log-likelihoods, acc and acc_norm equal its own.
+    Mutations caught: acc_norm by tokens instead of characters; the query without lm-eval's preprocessing."""
+    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=20)
+    ip.train(cfg)
+    model, cfg = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    metrics, samples = lm_eval_hellaswag(ip.export_hf(model, cfg, str(tmp_path / "hf")), tmp_path)
+    encode, cpu = ip.tokenizer(cfg)[0], torch.device("cpu")
+    ours = hs.loglikelihoods(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
+    for doc, sample, lls in zip(HELLASWAG_DOCS, samples, ours):
+        query, choices = hs.query_and_choices(doc)
+        assert [tuple(a[:2]) for a in sample["arguments"]] == [(query, " " + c) for c in choices]
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx([ll for ll, _, _ in lls], abs=1e-4)
+    got = hs.scores(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
+    assert (got["acc"], got["acc_norm"]) == (metrics["acc,none"], metrics["acc_norm,none"])
+    print(f"ours {got}; lm-eval acc {metrics['acc,none']}, acc_norm {metrics['acc_norm,none']}")
+    # which normalization each metric uses, where they disagree: (summed log-likelihood, tokens, characters)
+    hs_lls, hs.loglikelihoods = hs.loglikelihoods, lambda *args: [[(-10.0, 2, 10), (-6.0, 3, 3), (-9.0, 9, 12),
+                                                                  (-12.0, 4, 40)]]
+    try:
+        picks = {label: hs.scores(None, [{"label": label}], None, None, None, None) for label in range(4)}
+    finally:
+        hs.loglikelihoods = hs_lls
+    assert [k for k in got if picks[1][k]] == ["acc"] and [k for k in got if picks[3][k]] == ["acc_norm"]
+    assert [k for k in got if picks[2][k]] == ["acc_per_token"]
 
 def test_hellaswag_prepare_checks_every_line(tmp_path):
     prep = load_prepare("hellaswag")
-    good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 2, "split": "val"}
+    good = {"activity_label": "Baking", "ctx_a": "A man", "ctx_b": "stirs", "ctx": "A man stirs",
+            "endings": ["a", "b", "c", "d"], "label": 2, "split": "val"}
     src = tmp_path / "hellaswag_val.jsonl"
     src.write_text("\n".join(json.dumps(good) for _ in range(5)) + "\n")
     prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
-    assert hs.read(str(tmp_path / "val.jsonl")) == [{k: good[k] for k in ("ctx", "endings", "label")}] * 5
+    assert hs.read(str(tmp_path / "val.jsonl")) == [{k: v for k, v in good.items() if k != "split"}] * 5
     src.write_text(json.dumps({**good, "endings": ["a", "b"]}) + "\n")
     with pytest.raises(SystemExit, match="line 1 is not a HellaSwag example"):
         prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
@@ -1442,12 +1528,13 @@ def test_plots_from_a_synthetic_log(tmp_path):
                               str(tmp_path / "cmp"))
     assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
     # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
-    scored = [header] + train + [{**r, "hellaswag": 0.25 + r["step"] / 1000} for r in evals]
+    scored = [header] + train + [{**r, "hellaswag_acc_norm": 0.25 + r["step"] / 1000} for r in evals]
     rp.figures.plot_run(scored, str(tmp_path / "scored.png"))
     final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
              "flops": 6e7, "wall_s": 5}
-    table = rp.results_table({"a": scored + [{**final, "hellaswag": 0.3}], "b": scored + [{**final, "hellaswag": 0.29}]})
-    assert "| HellaSwag |" in table and "| 0.3000 |" in table
+    table = rp.results_table({"a": scored + [{**final, "hellaswag_acc_norm": 0.3}],
+                              "b": scored + [{**final, "hellaswag_acc_norm": 0.29}]})
+    assert "| HellaSwag acc_norm |" in table and "| 0.3000 |" in table
     assert "HellaSwag" not in rp.results_table({"a": records + [final]})
 
 

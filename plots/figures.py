@@ -64,11 +64,11 @@ def plot_run(records, path):
     ax_loss.set_ylim(min(losses) - 0.05, np.percentile(losses, 95) + 0.1)  # the first steps would flatten the rest
     ax_loss.set(xlabel="training tokens (millions)", ylabel="loss (nats/token)", title="loss")
     ax_loss.legend(fontsize=8, loc="upper center")
-    scored = [r for r in evals if "hellaswag" in r]
+    scored = [r for r in evals if "hellaswag_acc_norm" in r]
     if scored:  # zero-shot accuracy, on its own axis, against the same tokens
         ax_hs = ax_loss.twinx()
-        ax_hs.plot([r["tokens"] / 1e6 for r in scored], [r["hellaswag"] for r in scored], "s-", color="#2ca02c",
-                   label="HellaSwag accuracy (length-normalized)")
+        ax_hs.plot([r["tokens"] / 1e6 for r in scored], [r["hellaswag_acc_norm"] for r in scored], "s-",
+                   color="#2ca02c", label="HellaSwag acc_norm (lm-eval's)")
         ax_hs.legend(fontsize=8, loc="upper right")
     shade_phases(ax_ffn, header, labels=False)
     ax_ffn.plot(steps, [r["ffn"] for r in train], color="k")

@@ -119,11 +119,11 @@ def plot_compare(logs, prefix):
 def results_table(logs):
     """Markdown: one row per pipeline, from the final record of its log (HellaSwag when the runs measured it)."""
     finals = {name: next(r for r in recs if r["kind"] == "final") for name, recs in logs.items()}
-    hs = all("hellaswag" in f for f in finals.values())
-    rows = ["| pipeline | val loss | perplexity |" + (" HellaSwag |" if hs else "") +
+    hs = all("hellaswag_acc_norm" in f for f in finals.values())
+    rows = ["| pipeline | val loss | perplexity |" + (" HellaSwag acc_norm |" if hs else "") +
             " params | FFN widths | tokens | training FLOPs | wall time |", "|---" * (8 + hs) + "|"]
     for name, f in finals.items():
-        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} |" + (f" {f['hellaswag']:.4f} |" if hs else "") +
+        rows.append(f"| {name} | {f['val_loss']:.4f} | {f['ppl']:.3f} |" + (f" {f['hellaswag_acc_norm']:.4f} |" if hs else "") +
                     f" {ip.fmt_params(f['params'])} | {'/'.join(map(str, sorted(set(f['widths']))))} | "
                     f"{f['tokens'] / 1e6:.2f}M | {f['flops']:.3g} | {f['wall_s']:.0f} s |")
     return "\n".join(rows) + "\n"

