@@ -874,7 +874,8 @@ def test_export_never_destroys(tmp_path):
     assert os.listdir(mine) == ["config.json"] and (mine / "config.json").read_text() == "my own"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert sorted(os.listdir(ip.export_hf(model, cfg, str(empty)))) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(ip.export_hf(model, cfg, str(empty)))) == ["config.json", "model.safetensors",
+                                                                        "tokenizer.json", "tokenizer_config.json"]
     assert (os.stat(empty).st_mode & 0o777) == (os.stat(mine).st_mode & 0o777)  # like any folder made here
     ip.export_hf(model, cfg, str(mine), overwrite=True)
     assert json.load(open(mine / "config.json"))["model_type"] == "llama"
