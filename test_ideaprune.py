@@ -1168,7 +1168,7 @@ def shakespeare_text(n_bytes):
     return ids.astype(np.uint8).tobytes().decode("utf-8", errors="ignore")
 
 
-def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
+def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, capsys):
     """GPT-2's vocabulary rebuilt offline from a registry package: tiktoken gives GPT-2's ids ("Hello world" ->
     15496, 995); FineWeb-Edu's prepare.py turns Shakespeare in local Parquet files into token files that decode
     back; a short run
@@ -1212,9 +1212,12 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch):
     def offline(name):
         raise ConnectionError("no route to the vocabulary")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         ip.main(["--out_dir", cfg.out_dir, "--export_hf", str(tmp_path / "hf2")])
+    err = capsys.readouterr().err
     assert e.value.code == 2 and not os.path.exists(tmp_path / "hf2")
+    assert len(err.splitlines()) == 1 and "TIKTOKEN_CACHE_DIR" in err
 
 # ---- 11. use the pruned model: a mid-run checkpoint, export to Hugging Face, HellaSwag ----------------------------
 def test_load_model_from_the_middle_of_the_window_drops_masked_neurons(byte_data, tmp_path):
