@@ -28,7 +28,7 @@ VAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "val.jsonl")
 
 @functools.cache
 def read(path=VAL):
-    """The examples prepare.py wrote: {"ctx", "endings" (4), "label"} per line (read once per process)."""
+    """The examples prepare.py wrote, one per line (read once per process)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -76,9 +76,13 @@ def loglikelihoods(model, examples, encode, device, ctx, block_size):
 def scores(model, examples, encode, device, ctx, block_size):
     """{"acc", "acc_norm", "acc_per_token"} over the examples (see the top of this file)."""
     lls = loglikelihoods(model, examples, encode, device, ctx, block_size)
-    pick = lambda per_ending, norm: max(range(len(per_ending)), key=lambda i: per_ending[i][0] / norm(per_ending[i]))
-    return {name: sum(pick(per, norm) == ex["label"] for per, ex in zip(lls, examples)) / len(examples)
-            for name, norm in (("acc", lambda e: 1), ("acc_norm", lambda e: e[2]), ("acc_per_token", lambda e: e[1]))}
+
+    def accuracy(score):  # the fraction of examples whose best-scored ending is the right one (first of a tie)
+        best = [max(range(len(per)), key=lambda i: score(*per[i])) for per in lls]
+        return sum(b == ex["label"] for b, ex in zip(best, examples)) / len(examples)
+    return {"acc": accuracy(lambda ll, n_tokens, n_chars: ll),
+            "acc_norm": accuracy(lambda ll, n_tokens, n_chars: ll / n_chars),
+            "acc_per_token": accuracy(lambda ll, n_tokens, n_chars: ll / n_tokens)}
 
 
 def main(argv=None):
