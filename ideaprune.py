@@ -626,21 +626,21 @@ RESUMABLE = WHERE + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_it
                      "sample_tokens")
 
 def resume_config(cfg, ckpt, given=None):
-    """The config a resumed run goes on with: its checkpoint's, with the knobs in given (the command line's; from
-    code, cfg's WHERE) applied if RESUMABLE, and all others that differ refused, by name."""
+    """(config, changes): the checkpoint's config with the knobs in given (the command line's; from code, cfg's WHERE)
+    and the out_dir it was found in, applied if RESUMABLE; any other knob that differs is refused, by name."""
     old, given = Config(**ckpt["config"]), {k: getattr(cfg, k) for k in WHERE} if given is None else given
-    changed = {k: v for k, v in given.items() if v != getattr(old, k)}
+    changed = {k: v for k, v in {**given, "out_dir": cfg.out_dir}.items() if v != getattr(old, k)}
     fixed = [f"--{k} {v}" for k, v in changed.items() if k not in RESUMABLE]
     need(not fixed, f"--resume goes on with the run's own config, so it cannot change {', '.join(fixed)} (only "
          f"--{', --'.join(RESUMABLE)}): drop them, or start a new run with --overwrite or in another --out_dir")
-    return replace(old, **{**changed, "out_dir": cfg.out_dir})
+    return replace(old, **changed), [f"--{k} {v} (was {getattr(old, k)})" for k, v in changed.items()]
 
 def start_run(cfg, resume, overwrite=False, given=None):
     """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
     out_dir/ckpt.pt, once section 13 has checked the input and out_dir is locked; then print what it will do."""
-    ckpt = read_checkpoint(ckpt_path(cfg.out_dir)) if resume else None
+    ckpt, changed = read_checkpoint(ckpt_path(cfg.out_dir)) if resume else None, []
     if ckpt:
-        cfg = resume_config(cfg, ckpt, given)
+        cfg, changed = resume_config(cfg, ckpt, given)
     rank, world = init_distributed(cfg)
     check_inputs(cfg, resume, overwrite, world)  # nothing is written before this line
     device, ctx = setup_device(cfg)
@@ -664,7 +664,6 @@ def start_run(cfg, resume, overwrite=False, given=None):
     if world > 1:
         run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
     if ckpt:
-        changed = [f"--{k} {v} (was {ckpt['config'].get(k)})" for k, v in asdict(cfg).items() if v != ckpt["config"].get(k)]
         log.say(f"resumed from {ckpt_path(cfg.out_dir)} at step {run.progress['step']}" + ", with " * bool(changed) +
                 ", ".join(changed))
     run.t0 = time.time() - run.progress["wall_s"]
@@ -754,6 +753,7 @@ def lock_out_dir(out_dir, rank=0, world=1):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = [open(lock.name).read().strip() or "?"]
+            lock.close()
     if world > 1:
         dist.broadcast_object_list(holder)
     need(holder[0] is None, f"--out_dir {out_dir} is in use by process {holder[0]} (a run, a resume or a suite arm): "
@@ -1019,13 +1019,15 @@ def read_log(path):
         lines, records = f.read().splitlines(), []
     for i, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-            need(isinstance(records[-1], dict) and "kind" in records[-1], "not a record")
-        except ValueError:  # (ConfigError is one)
-            need(i == len(lines), f"{path}, line {i}, is not a record of a run: restore the file from a copy, or "
-                                  f"delete that line (what the figures and tables lose with it)")
-            print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
-            return records[:i - 1]
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "kind" in record:
+            records.append(record)
+            continue
+        need(i == len(lines), f"{path}, line {i}, is not a record of a run: restore the file from a copy, or "
+                              f"delete that line (what the figures and tables lose with it)")
+        print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
     return records
 
 class RunLog:
@@ -1041,7 +1043,8 @@ class RunLog:
                       "tokens_per_step": tokens_per_step(cfg), "lr_stages": lr_stages(cfg)}
             n = resumed and resumed.get("log_records")  # (a checkpoint older than that count: the steps before its own)
             old = read_log(path)[:n] if resumed and os.path.exists(path) else []
-            records = [header] + [r for r in old if r["kind"] != "config" and (n or r.get("step", 1e99) < resumed["step"])]
+            records = [header] + [r for r in old if r["kind"] != "config" and
+                                  (n or r.get("step", math.inf) < resumed["step"])]
             with open(path + ".tmp", "w") as f:  # written whole, then renamed: a kill now loses nothing either
                 f.writelines(json.dumps(r) + "\n" for r in records)
             os.replace(path + ".tmp", path)
