@@ -1008,7 +1008,7 @@ def describe(cfg):
         print(f"{name:8s} model: FFN {w:5d} per layer | {fmt_params(n)} params, FFN {fmt_params(ffn_params)} "
               f"({100 * ffn_params / n:.0f}%) | {flops_per_token(n, cfg) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
-          f"{tps * T / 1e6:.2f}M in {T} steps")
+          f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / sizes[F_t]:,.1f} per deployed parameter")
     recovery = f"{t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)" if T > t_end else "none"
     print(f"phases: target-size model for all {T} steps (scratch)" if cfg.pruning == "none" else
           f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "

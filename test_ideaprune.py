@@ -440,6 +440,21 @@ def test_unknown_preset_and_missing_data(tmp_path):
         ip.train(tiny(str(empty), tmp_path))
 
 
+@pytest.mark.parametrize("preset, line", [
+    ("demo", "tokens: 4,096 per step (32 seq x 128 ctx x 1 accum), 3.28M in 800 steps: 6.7 per deployed parameter"),
+    ("rich", "tokens: 4,096 per step (32 seq x 128 ctx x 1 accum), 5.73M in 1400 steps: 252.8 per deployed parameter"),
+])
+def test_tokens_per_deployed_parameter(preset, line, capsys):
+    """The axis of the paper's regime: demo trains ~7 tokens per deployed parameter, rich >= 200 (the paper's
+    300M runs: ~800 to ~6,700), both FFN-starved (F_t = d_model, enlarged 4x) so that enlarging can pay."""
+    cfg = ip.make_config(preset)
+    ip.describe(cfg)
+    assert line in capsys.readouterr().out
+    deployed = ip.GPT(cfg, [cfg.ffn_hidden] * cfg.n_layer).num_params()
+    assert ip.tokens_per_step(cfg) * cfg.max_steps / deployed >= (200 if preset == "rich" else 5)
+    assert ip.ffn_sizes(cfg) == (cfg.n_embd, 4 * cfg.n_embd)
+
+
 def test_300m_preset_sizes_and_stops_without_its_data(tmp_path, capsys):
     ip.describe(ip.make_config("300m"))  # on the meta device: no memory allocated
     out = capsys.readouterr().out
