@@ -1518,11 +1518,11 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
 
 
 def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
-    final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "wall_s": 150}
+    final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "params": 491_776, "wall_s": 150}
     results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": final(1.60)}
                for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
     table = rp.sweep_table(("seed",), results, "integrated")
-    assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 150 s |" in table
+    assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 491,776 | 6.5 | 150 s |" in table
     gaps = np.array([-0.02, -0.01, -0.03])  # mean -0.02, SE = std(ddof=1) / sqrt(3) = 0.01 / sqrt(3)
     assert f"mean gap -0.0200, standard error {gaps.std(ddof=1) / np.sqrt(3):.4f} (3.46 SE)" in table
     assert "better in 3 of 3 seeds" in table
@@ -1532,6 +1532,60 @@ def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
         path = rp.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
                              str(tmp_path / f"{'_'.join(knobs)}.png"))
         assert os.path.getsize(path) > 10_000
+
+
+def test_seeds_pair_each_seeds_runs(byte_data, tmp_path):
+    """--seeds runs the whole command once per seed, each in out_dir/seed<S>, and pairs the gaps by seed. Mutations
+    caught: every seed trained with the command's own seed (the two seeds' logs would be equal); a gap not paired."""
+    out = tmp_path / "out"
+    rp.main(["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(out), "--sample_tokens", "0",
+             "--max_steps", "24", "--ablation", "--seeds", "5,6"])
+    finals = {s: {n: rp.final_record(ip.read_log(str(out / f"seed{s}" / n / "log.jsonl"))) for n in rp.ABLATION}
+              for s in (5, 6)}
+    assert finals[5]["resumed"]["val_loss"] != finals[6]["resumed"]["val_loss"]
+    gaps = [finals[s]["resumed"]["val_loss"] - finals[s]["rewarmed"]["val_loss"] for s in (5, 6)]
+    mean, se = rp.paired(gaps)
+    assert se == pytest.approx(abs(gaps[0] - gaps[1]) / 2)  # std(ddof=1) of two values / sqrt(2)
+    table = (out / "ablation_seeds_results.md").read_text()
+    assert (f"| resumed | {finals[5]['resumed']['val_loss']:.4f} | {finals[6]['resumed']['val_loss']:.4f} | rewarmed "
+            f"| {mean:+.4f} | {se:.4f} | {sum(g < 0 for g in gaps)} of 2 |") in table
+    for seeds, command, message in (("5,5", "--ablation", "distinct"), ("x", "--ablation", "distinct"),
+                                    ("5", "--sweep=seed=1,2", "use one")):
+        with pytest.raises(SystemExit) as e:
+            rp.main(["--preset", "tiny", "--out_dir", str(tmp_path / "bad"), command, "--seeds", seeds])
+        assert e.value.code == 2 and not os.path.exists(tmp_path / "bad")
+        with pytest.raises(ip.ConfigError, match=message):
+            rp.parse_seeds(seeds, command.split("=", 1)[1] if "=" in command else None)
+
+
+def test_budget_joins_sweeps_by_tokens_per_parameter(tmp_path):
+    """--budget reads the max_steps sweep tables of several folders (seeds) and averages each gap per tokens per
+    deployed parameter; resumed - rewarmed pairs the two sweeps of one folder. Mutations caught: the ceiling's gap
+    taken from the arm; resumed - rewarmed paired across folders or values."""
+    final = lambda loss, steps: {"kind": "final", "val_loss": loss, "tokens": 4096 * steps, "params": 20480,
+                                 "wall_s": 9}
+    dirs = []
+    for seed, shift in ((1, 0.0), (2, 0.01)):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        dirs.append(str(d))
+        for pipeline, arm in (("integrated", 1.90), ("resumed", 1.95), ("rewarmed", 1.92)):
+            results = [{"value": (steps,), "arm": final(arm + shift - steps / 1e4, steps),
+                        "scratch": final(1.93 - steps / 1e4, steps), "ceiling": final(1.85 + shift - steps / 1e4, steps)}
+                       for steps in (500, 1000)]
+            (d / f"{rp.sweep_label('max_steps', pipeline)}_results.md").write_text(
+                rp.sweep_table(("max_steps",), results, pipeline))
+    gaps = rp.budget(dirs, ip.make_config(out_dir=str(tmp_path / "fig")))
+    assert sorted(gaps) == [(g, 20480, tpp) for g in ("ceiling - scratch", "integrated - scratch", "resumed - rewarmed")
+                            for tpp in (100.0, 200.0)]
+    assert gaps[("integrated - scratch", 20480, 200.0)] == pytest.approx([-0.03, -0.02])
+    assert gaps[("ceiling - scratch", 20480, 100.0)] == pytest.approx([-0.08, -0.07])
+    assert gaps[("resumed - rewarmed", 20480, 100.0)] == pytest.approx([0.03, 0.03])
+    assert os.path.getsize(tmp_path / "fig" / "budget.png") > 10_000
+    assert "| integrated - scratch | 20,480 | 200.0 | -0.0250 | 0.0050 | 2 of 2 | -0.0300, -0.0200 |" in \
+        (tmp_path / "fig" / "budget_results.md").read_text()
+    with pytest.raises(ip.ConfigError, match="holds no sweep_max_steps"):
+        rp.budget([str(tmp_path)], ip.make_config(out_dir=str(tmp_path / "fig")))
 
 
 def test_plots_from_a_synthetic_log(tmp_path):

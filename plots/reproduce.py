@@ -7,6 +7,9 @@ reproduce.py: the paper's figures from many runs of ideaprune.py, each trained t
   python plots/reproduce.py --preset demo --sweep enlarge=1.5,2.5,4,6 --ceiling   # integrated once per value,
                                                                 # scratch (and F_e throughout): loss against the knob
   python plots/reproduce.py --preset demo --sweep seed=1337,2,3,4,5   # the paired gap to scratch and its SE
+  python plots/reproduce.py --preset rich --ablation --seeds 1337,2,3   # each seed in out_dir/seed<S>; paired gaps
+  python plots/reproduce.py --budget out/rich/seed1337 out/rich/seed2   # Figure 1 (left) against tokens per param,
+                                                                # from the max_steps sweeps in those folders
   python plots/reproduce.py --preset cpu --bench [--compile]    # step time: importance tracking off/on, compacted/built
   torchrun --standalone --nproc_per_node 2 plots/reproduce.py --preset demo --compare   # each run under DDP
 
@@ -35,6 +38,11 @@ COMPARE = ("scratch", "integrated", "minitron", "sheared")
 
 
 ABLATION = ("resumed", "rewarmed")
+REFERENCE = {"compare": "scratch", "ablation": "rewarmed"}  # --seeds: each pipeline's paired gap to this one
+
+
+def final_record(records):
+    return next(r for r in records if r["kind"] == "final")
 
 
 def plot_compare(logs, prefix):
@@ -118,7 +126,7 @@ def plot_compare(logs, prefix):
 
 def results_table(logs):
     """Markdown: one row per pipeline, from the final record of its log (HellaSwag when the runs measured it)."""
-    finals = {name: next(r for r in recs if r["kind"] == "final") for name, recs in logs.items()}
+    finals = {name: final_record(recs) for name, recs in logs.items()}
     hs = all("hellaswag_acc_norm" in f for f in finals.values())
     rows = ["| pipeline | val loss | perplexity |" + (" HellaSwag acc_norm |" if hs else "") +
             " params | FFN widths | tokens | training FLOPs | wall time |", "|---" * (8 + hs) + "|"]
@@ -174,19 +182,99 @@ def sweep_table(knobs, results, pipeline):
     """Markdown: one row per value; with several seeds (--sweep seed=...), the mean paired gap and its SE."""
     ceiling = "ceiling" in results[0]
     rows = [f"| {'/'.join(knobs)} | {pipeline} | scratch | gap |" + (" ceiling |" if ceiling else "") +
-            " tokens | wall time |", "|---" * (6 + ceiling) + "|"]
+            " tokens | params | tokens/param | wall time |", "|---" * (8 + ceiling) + "|"]
     gaps = []
     for r in results:
         gaps.append(r["arm"]["val_loss"] - r["scratch"]["val_loss"])
         rows.append(f"| {'/'.join(map(str, r['value']))} | {r['arm']['val_loss']:.4f} | {r['scratch']['val_loss']:.4f} "
                     f"| {gaps[-1]:+.4f} |" + (f" {r['ceiling']['val_loss']:.4f} |" if ceiling else "") +
-                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['wall_s']:.0f} s |")
+                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['params']:,} | {r['arm']['tokens'] / r['arm']['params']:,.1f}"
+                    f" | {r['arm']['wall_s']:.0f} s |")
     if knobs == ("seed",) and len(gaps) > 1:
-        se = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps)))
-        rows.append(f"\nPaired by seed: mean gap {np.mean(gaps):+.4f}, standard error {se:.4f} "
-                    f"({abs(np.mean(gaps)) / se:.2f} SE); {pipeline} better in {sum(g < 0 for g in gaps)} of "
-                    f"{len(gaps)} seeds.")
+        mean, se = paired(gaps)
+        rows.append(f"\nPaired by seed: mean gap {mean:+.4f}, standard error {se:.4f} ({abs(mean) / se:.2f} SE); "
+                    f"{pipeline} better in {sum(g < 0 for g in gaps)} of {len(gaps)} seeds.")
     return "\n".join(rows) + "\n"
+
+
+def paired(gaps):
+    """The mean of gaps paired by seed and its standard error, std(ddof=1) / sqrt(n) (nan for one seed)."""
+    se = np.std(gaps, ddof=1) / math.sqrt(len(gaps)) if len(gaps) > 1 else math.nan
+    return float(np.mean(gaps)), float(se)
+
+
+def gap_cells(gaps):
+    """' -0.0200 | 0.0058 | 3 of 3 |': the mean paired gap, its SE, and in how many seeds it is negative (better)."""
+    mean, se = paired(gaps)
+    return f" {mean:+.4f} | {se:.4f} | {sum(g < 0 for g in gaps)} of {len(gaps)} |"
+
+
+def seeds_table(by_seed, reference):
+    """--seeds: one row per run (a pipeline, or a sweep's role at a value), its final val loss by seed, and its
+    gap to the run reference[name] paired by seed: mean, SE, seeds where it is lower. by_seed: {seed: {name: final}}."""
+    seeds = list(by_seed)
+    rows = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | minus | mean gap | SE | better in |",
+            "|---" * (len(seeds) + 5) + "|"]
+    for name, ref in reference.items():
+        losses = [by_seed[s][name]["val_loss"] for s in seeds]
+        rows.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in losses) + f" | {ref or ''} |" + (gap_cells(
+            [x - by_seed[s][ref]["val_loss"] for x, s in zip(losses, seeds)]) if ref else " | | | |"))
+    return "\n".join(rows) + "\n"
+
+
+def read_table(path):
+    """The rows of a markdown table written by this script, as {header cell: cell} (what --budget reads)."""
+    lines = [line.strip().strip("|").split("|") for line in open(path) if line.startswith("|")]
+    return [dict(zip([c.strip() for c in lines[0]], [c.strip() for c in line])) for line in lines[2:]]
+
+
+def budget(dirs, cfg):
+    """Figure 1 (left) against tokens per deployed parameter, from the --sweep max_steps=... tables in each folder
+    (one folder per seed; folders of several presets join on one axis): integrated - scratch, ceiling - scratch,
+    and resumed - rewarmed where both were swept, each gap averaged over the folders that hold it (mean, SE)."""
+    gaps = {}  # (gap, deployed params, tokens per param) -> [one gap per folder]
+    for d in dirs:
+        tables = {}
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            if name.startswith("sweep_max_steps") and name.endswith("_results.md"):
+                rows = read_table(os.path.join(d, name))
+                tables[list(rows[0])[1]] = {r["max_steps"]: r for r in rows}  # the 2nd column names the pipeline
+        if not tables:
+            raise ip.ConfigError(f"--budget: {d} holds no sweep_max_steps*_results.md; run --sweep max_steps=... there")
+        for pipeline, rows in tables.items():
+            for steps, r in rows.items():
+                at = (int(r["params"].replace(",", "")), float(r["tokens/param"].replace(",", "")))
+                series = {"integrated - scratch": float(r["gap"]) if pipeline == "integrated" else None,
+                          "ceiling - scratch": float(r["ceiling"]) - float(r["scratch"]) if "ceiling" in r else None}
+                if pipeline == "resumed" and steps in tables.get("rewarmed", {}):
+                    series["resumed - rewarmed"] = float(r["resumed"]) - float(tables["rewarmed"][steps]["rewarmed"])
+                for gap, value in series.items():
+                    if value is not None:
+                        gaps.setdefault((gap, *at), []).append(value)
+    plt = figures._plt()
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
+    colors = {"integrated - scratch": "#d62728", "ceiling - scratch": "#1f77b4", "resumed - rewarmed": "#9467bd"}
+    rows = ["| gap | deployed params | tokens/param | mean | SE | below 0 in | by folder |", "|---" * 7 + "|"]
+    for (gap, params), marker in zip(sorted({k[:2] for k in gaps}), ["o-", "s--", "^-", "D--"] * 4):
+        points = sorted((tpp, *paired(v), v) for (g, p, tpp), v in gaps.items() if (g, p) == (gap, params))
+        ax = axes[1 if gap == "resumed - rewarmed" else 0]
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[0 if math.isnan(p[2]) else p[2]
+                    for p in points], fmt=marker, color=colors[gap], capsize=3, label=f"{gap}, {params:,} params")
+        rows += [f"| {gap} | {params:,} | {tpp:,.1f} | {m:+.4f} | {se:.4f} | {sum(x < 0 for x in v)} of {len(v)} | "
+                 f"{', '.join(f'{x:+.4f}' for x in v)} |" for tpp, m, se, v in points]
+    for ax, title in zip(axes, ("enlarging: the pruned model and the enlarged one trained throughout, minus scratch",
+                                "the LR after a one-shot prune: resumed minus rewarmed (below 0: the paper's Table 2)")):
+        ax.axhline(0, color="#7f7f7f", lw=1)
+        ax.set(xscale="log", ylabel="gap in final val loss (nats)", title=title)
+        ax.legend(fontsize=8)
+    axes[1].set_xlabel("training tokens per deployed parameter (mean and SE over seeds)")
+    fig.tight_layout()
+    path = os.path.join(cfg.plot_dir or cfg.out_dir, "budget.png")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    write_table(cfg, "budget", "\n".join(rows) + "\n", [path])
+    return gaps
 
 
 # knobs that change nothing a run trains: where it runs, what it prints, and the preset (its values are all logged)
@@ -262,9 +350,10 @@ def run_suite(cfg, names, label, replot=False, overwrite=False):
 def write_table(cfg, label, table, figures):
     """A suite's or sweep's markdown table, beside its figures and in out_dir."""
     for path in {os.path.join(d, f"{label}_results.md") for d in (cfg.plot_dir or cfg.out_dir, cfg.out_dir)}:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
             f.write(table)
-    print(f"\n{table}\nwrote {', '.join(figures)} and {label}_results.md")
+    print(f"\n{table}\nwrote {', '.join(figures + [f'{label}_results.md'])}")
 
 
 PRUNING_KNOBS = ("enlarge", "ffn_multiple", "prune_start", "prune_len", "prune_every", "ema_beta", "ema_warmup",
@@ -334,12 +423,22 @@ def sweep_arms(cfg, knobs, values, ceiling=False):
     return rows
 
 
+def sweep_label(knobs, pipeline):
+    """sweep_max_steps (integrated), sweep_max_steps_resumed, sweep_f1_f2: the name of a sweep's figure and table."""
+    return "sweep_" + knobs.replace("/", "_") + ("" if pipeline == "integrated" else f"_{pipeline}")
+
+
+def sweep_runs(cfg, spec, ceiling=False):
+    """A sweep's knobs, its rows (sweep_arms) and its distinct runs {name: config} (a shared name is one run)."""
+    knobs, values = parse_sweep(spec)
+    rows = sweep_arms(cfg, knobs, values, ceiling)
+    return knobs, rows, dict(run for row in rows for run in row["runs"].values())
+
+
 def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
     """--sweep KNOB=V1,...: train every distinct run once (finished ones are reused), then the figure and the
     table: final validation loss against the knob, scratch (and the ceiling) as references."""
-    knobs, values = parse_sweep(spec)
-    rows = sweep_arms(cfg, knobs, values, ceiling)
-    unique = dict(run for row in rows for run in row["runs"].values())  # a shared name is one run
+    knobs, rows, unique = sweep_runs(cfg, spec, ceiling)
     if not replot:
         check_arms(unique.values(), overwrite)
     finals = {}
@@ -349,10 +448,10 @@ def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
         records = run_arm(sub, overwrite, replot)
         if records is None:
             return None
-        finals[name] = next(r for r in records if r["kind"] == "final")
+        finals[name] = final_record(records)
     results = [{"value": row["value"], **{role: finals[name] for role, (name, _) in row["runs"].items()}}
                for row in rows]
-    label = "sweep_" + "_".join(knobs)
+    label = sweep_label("/".join(knobs), cfg.pipeline)
     path = plot_sweep(knobs, results, cfg.pipeline, os.path.join(cfg.plot_dir or cfg.out_dir, f"{label}.png"))
     write_table(cfg, label, sweep_table(knobs, results, cfg.pipeline), [path])
     return results
@@ -432,25 +531,64 @@ def main(argv=None):
     p.add_argument("--ceiling", action="store_true", help="with --sweep: also train the enlarged width throughout")
     p.add_argument("--replot", action="store_true", help="with --compare/--ablation/--sweep: only redraw from the logs")
     p.add_argument("--bench", action="store_true", help="time a step: importance tracking off/on, compacted/built")
+    p.add_argument("--seeds", metavar="S1,S2,...", help="with --compare/--ablation/--sweep: all of it once per seed, "
+                   "in out_dir/seed<S>; then the gaps paired by seed (mean, standard error) in *_seeds_results.md")
+    p.add_argument("--budget", nargs="+", metavar="DIR", help="Figure 1 (left) against tokens per deployed parameter, "
+                   "from the --sweep max_steps=... tables in these folders (one per seed; presets may differ)")
 
     def body():
         cfg, args = ip.parse_args(argv, p)
         if args.bench:
-            benchmark(cfg)
-        elif args.compare or args.ablation:
-            suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
-                                                               ("ablation", ABLATION, args.ablation)) if on]
-            for label, names in suites:  # refuse bad knobs and used out_dirs before the first run starts
-                if not args.replot:
-                    check_arms(suite_configs(cfg, names), args.overwrite)
+            return benchmark(cfg)
+        if args.budget:
+            return budget(args.budget, cfg)
+        suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
+                                                           ("ablation", ABLATION, args.ablation)) if on]
+        if not suites and not args.sweep:
+            raise ip.ConfigError("say what to reproduce: --compare, --ablation, --sweep KNOB=V1,V2,..., --budget DIR... "
+                                 "or --bench (one run is python ideaprune.py)")
+        seeds = parse_seeds(args.seeds, args.sweep)
+        per_seed = {s: replace(cfg, seed=s, out_dir=os.path.join(cfg.out_dir, f"seed{s}"),
+                               plot_dir=cfg.plot_dir and os.path.join(cfg.plot_dir, f"seed{s}")) for s in seeds}
+        per_seed = per_seed or {cfg.seed: cfg}
+        if not args.replot:  # refuse bad knobs and used out_dirs, of every seed, before the first run starts
+            for c in per_seed.values():
+                for label, names in suites:
+                    check_arms(suite_configs(c, names), args.overwrite)
+                if args.sweep:
+                    check_arms(sweep_runs(c, args.sweep, args.ceiling)[2].values(), args.overwrite)
+        finals = {}  # label -> {seed: {run name: final record}}: what --seeds pairs
+        for seed, c in per_seed.items():
             for label, names in suites:
-                run_suite(cfg, names, label, replot=args.replot, overwrite=args.overwrite)
-        elif args.sweep:
-            run_sweep(cfg, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
-        else:
-            raise ip.ConfigError("say what to reproduce: --compare, --ablation, --sweep KNOB=V1,V2,... or --bench "
-                                 "(one run is python ideaprune.py)")
+                logs = run_suite(c, names, label, replot=args.replot, overwrite=args.overwrite)
+                finals.setdefault(label, {})[seed] = {n: final_record(recs) for n, recs in logs.items()}
+            if args.sweep:
+                results = run_sweep(c, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
+                knobs = "/".join(parse_sweep(args.sweep)[0])
+                finals.setdefault(sweep_label(knobs, cfg.pipeline), {})[seed] = {
+                    f"{cfg.pipeline if role == 'arm' else role} at {knobs}={'/'.join(map(str, r['value']))}": r[role]
+                    for r in results or [] for role in ("arm", "scratch", "ceiling") if role in r}
+        for label, by_seed in finals.items() if seeds and (not dist.is_initialized() or dist.get_rank() == 0) else ():
+            reference = {name: REFERENCE.get(label) if label in REFERENCE else "scratch at " + name.split(" at ")[1]
+                         for name in by_seed[seeds[0]]}  # a pipeline: its suite's reference; a sweep: scratch
+            reference = {name: None if name == ref else ref for name, ref in reference.items()}
+            write_table(cfg, label + "_seeds", seeds_table(by_seed, reference), [])
     ip.run_command(body)
+
+
+def parse_seeds(spec, sweep):
+    """--seeds 1337,2,3 -> [1337, 2, 3] (distinct integers); [] when not given."""
+    if spec is None:
+        return []
+    try:
+        seeds = [int(s) for s in spec.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ip.ConfigError(f"--seeds {spec!r}: give distinct integers, e.g. --seeds 1337,2,3")
+    if sweep and sweep.split("=")[0] == "seed":
+        raise ip.ConfigError("--seeds repeats a whole command per seed; --sweep seed=... is already one per seed: use one")
+    return seeds
 
 
 if __name__ == "__main__":
