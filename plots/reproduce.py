@@ -188,8 +188,8 @@ def sweep_table(knobs, results, pipeline):
         gaps.append(r["arm"]["val_loss"] - r["scratch"]["val_loss"])
         rows.append(f"| {'/'.join(map(str, r['value']))} | {r['arm']['val_loss']:.4f} | {r['scratch']['val_loss']:.4f} "
                     f"| {gaps[-1]:+.4f} |" + (f" {r['ceiling']['val_loss']:.4f} |" if ceiling else "") +
-                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['params']:,} | {r['arm']['tokens'] / r['arm']['params']:,.1f}"
-                    f" | {r['arm']['wall_s']:.0f} s |")
+                    f" {r['arm']['tokens'] / 1e6:.2f}M | {r['arm']['params']:,} | "
+                    f"{r['arm']['tokens'] / r['arm']['params']:,.1f} | {r['arm']['wall_s']:.0f} s |")
     if knobs == ("seed",) and len(gaps) > 1:
         mean, se = paired(gaps)
         rows.append(f"\nPaired by seed: mean gap {mean:+.4f}, standard error {se:.4f} ({abs(mean) / se:.2f} SE); "
@@ -241,6 +241,7 @@ def budget(dirs, cfg):
                 tables[list(rows[0])[1]] = {r["max_steps"]: r for r in rows}  # the 2nd column names the pipeline
         if not tables:
             raise ip.ConfigError(f"--budget: {d} holds no sweep_max_steps*_results.md; run --sweep max_steps=... there")
+        here = {}  # this folder's gaps: a ceiling in several tables is one run
         for pipeline, rows in tables.items():
             for steps, r in rows.items():
                 at = (int(r["params"].replace(",", "")), float(r["tokens/param"].replace(",", "")))
@@ -248,9 +249,9 @@ def budget(dirs, cfg):
                           "ceiling - scratch": float(r["ceiling"]) - float(r["scratch"]) if "ceiling" in r else None}
                 if pipeline == "resumed" and steps in tables.get("rewarmed", {}):
                     series["resumed - rewarmed"] = float(r["resumed"]) - float(tables["rewarmed"][steps]["rewarmed"])
-                for gap, value in series.items():
-                    if value is not None:
-                        gaps.setdefault((gap, *at), []).append(value)
+                here.update({(gap, *at): value for gap, value in series.items() if value is not None})
+        for key, value in here.items():
+            gaps.setdefault(key, []).append(value)
     plt = figures._plt()
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
     colors = {"integrated - scratch": "#d62728", "ceiling - scratch": "#1f77b4", "resumed - rewarmed": "#9467bd"}
@@ -263,7 +264,7 @@ def budget(dirs, cfg):
         rows += [f"| {gap} | {params:,} | {tpp:,.1f} | {m:+.4f} | {se:.4f} | {sum(x < 0 for x in v)} of {len(v)} | "
                  f"{', '.join(f'{x:+.4f}' for x in v)} |" for tpp, m, se, v in points]
     for ax, title in zip(axes, ("enlarging: the pruned model and the enlarged one trained throughout, minus scratch",
-                                "the LR after a one-shot prune: resumed minus rewarmed (below 0: the paper's Table 2)")):
+                                "the LR after a one-shot prune: resumed minus rewarmed (below 0: Table 2 holds)")):
         ax.axhline(0, color="#7f7f7f", lw=1)
         ax.set(xscale="log", ylabel="gap in final val loss (nats)", title=title)
         ax.legend(fontsize=8)
@@ -545,8 +546,8 @@ def main(argv=None):
         suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
                                                            ("ablation", ABLATION, args.ablation)) if on]
         if not suites and not args.sweep:
-            raise ip.ConfigError("say what to reproduce: --compare, --ablation, --sweep KNOB=V1,V2,..., --budget DIR... "
-                                 "or --bench (one run is python ideaprune.py)")
+            raise ip.ConfigError("say what to reproduce: --compare, --ablation, --sweep KNOB=V1,V2,..., --budget "
+                                 "DIR... or --bench (one run is python ideaprune.py)")
         seeds = parse_seeds(args.seeds, args.sweep)
         per_seed = {s: replace(cfg, seed=s, out_dir=os.path.join(cfg.out_dir, f"seed{s}"),
                                plot_dir=cfg.plot_dir and os.path.join(cfg.plot_dir, f"seed{s}")) for s in seeds}
@@ -563,17 +564,22 @@ def main(argv=None):
                 logs = run_suite(c, names, label, replot=args.replot, overwrite=args.overwrite)
                 finals.setdefault(label, {})[seed] = {n: final_record(recs) for n, recs in logs.items()}
             if args.sweep:
-                results = run_sweep(c, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
                 knobs = "/".join(parse_sweep(args.sweep)[0])
-                finals.setdefault(sweep_label(knobs, cfg.pipeline), {})[seed] = {
+                results = run_sweep(c, args.sweep, ceiling=args.ceiling, replot=args.replot, overwrite=args.overwrite)
+                finals.setdefault(sweep_label(knobs, cfg.pipeline), {})[seed] = {  # 'integrated at max_steps=700'
                     f"{cfg.pipeline if role == 'arm' else role} at {knobs}={'/'.join(map(str, r['value']))}": r[role]
                     for r in results or [] for role in ("arm", "scratch", "ceiling") if role in r}
-        for label, by_seed in finals.items() if seeds and (not dist.is_initialized() or dist.get_rank() == 0) else ():
-            reference = {name: REFERENCE.get(label) if label in REFERENCE else "scratch at " + name.split(" at ")[1]
-                         for name in by_seed[seeds[0]]}  # a pipeline: its suite's reference; a sweep: scratch
-            reference = {name: None if name == ref else ref for name, ref in reference.items()}
-            write_table(cfg, label + "_seeds", seeds_table(by_seed, reference), [])
+        if seeds and (not dist.is_initialized() or dist.get_rank() == 0):
+            for label, by_seed in finals.items():
+                write_table(cfg, label + "_seeds", seeds_table(by_seed, paired_with(label, by_seed[seeds[0]])), [])
     ip.run_command(body)
+
+
+def paired_with(label, names):
+    """Whom each run of a --seeds table is compared with: its suite's reference (compare: scratch, ablation:
+    rewarmed), or in a sweep scratch at the same value; None for the reference itself."""
+    ref = {name: REFERENCE[label] if label in REFERENCE else "scratch at " + name.split(" at ")[1] for name in names}
+    return {name: None if name == r else r for name, r in ref.items()}
 
 
 def parse_seeds(spec, sweep):
@@ -587,7 +593,7 @@ def parse_seeds(spec, sweep):
     if not seeds or len(set(seeds)) < len(seeds):
         raise ip.ConfigError(f"--seeds {spec!r}: give distinct integers, e.g. --seeds 1337,2,3")
     if sweep and sweep.split("=")[0] == "seed":
-        raise ip.ConfigError("--seeds repeats a whole command per seed; --sweep seed=... is already one per seed: use one")
+        raise ip.ConfigError("--seeds repeats a whole command per seed, --sweep seed=... is one run per seed: use one")
     return seeds
 
 
