@@ -267,7 +267,8 @@ def budget(dirs, cfg):
                                 "the LR after a one-shot prune: resumed minus rewarmed (below 0: Table 2 holds)")):
         ax.axhline(0, color="#7f7f7f", lw=1)
         ax.set(xscale="log", ylabel="gap in final val loss (nats)", title=title)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a panel with no sweep in it stays empty
+            ax.legend(fontsize=8)
     axes[1].set_xlabel("training tokens per deployed parameter (mean and SE over seeds)")
     fig.tight_layout()
     path = os.path.join(cfg.plot_dir or cfg.out_dir, "budget.png")
