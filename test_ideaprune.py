@@ -1519,7 +1519,7 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
 
 def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
     final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "params": 491_776, "wall_s": 150}
-    results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": final(1.60)}
+    results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": {**final(1.60), "params": 1_081_344}}
                for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
     table = rp.sweep_table(("seed",), results, "integrated")
     assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 491,776 | 6.5 | 150 s |" in table
