@@ -5,11 +5,13 @@ Train an ENLARGED decoder LM (wider FFN) and, in the same run, under ONE cosine 
 FFN down to the target width: neurons ranked by an EMA of their sensitivity |W * dW|, removed on a cubic schedule,
 sliced out of the weights and the AdamW state; the target-size model then finishes training ("recovery"). The
 paper: this beats the target trained from scratch on the same tokens, and pipelines that restart the LR per stage.
+Attention heads are units like neurons: --enlarge_attn 2 trains twice the heads and prunes them the same way.
 
 Run manual
   python ideaprune.py --preset demo                    # 2-core CPU, ~2.5 min: Shakespeare bytes, 1.08M -> 0.49M
   python ideaprune.py --preset demo --pipeline scratch # the same tokens and schedule, target size from step 0
   python ideaprune.py --preset cpu                     # a wider target, 1.87M -> 0.89M, ~4-5 min
+  python ideaprune.py --preset demo --enlarge_attn 2 --ranking adaptive   # 8 heads -> 4 too; Adapt-Pruner's shares
   python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
   torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
   python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
@@ -71,7 +73,7 @@ class Config:
     batch_size: int = 32             # sequences per micro-step
     grad_accum: int = 1              # micro-steps per optimizer step
     block_size: int = 128            # context length in tokens
-    # model: Llama-style decoder; the enlarged and the target model differ only in FFN width
+    # model: Llama-style decoder; the enlarged and the target model differ in FFN width (and heads, --enlarge_attn)
     vocab_size: int = 256            # 256 = bytes; 50304 = GPT-2's 50257 padded to a multiple of 64
     n_layer: int = 4                 # transformer blocks
     n_head: int = 4                  # attention heads per block
@@ -79,6 +81,8 @@ class Config:
     ffn_hidden: int = 384            # F_t: the target (deployed) FFN width of every layer
     enlarge: float = 2.6             # e: the enlarged width F_e = e * F_t, rounded up to a multiple of ffn_multiple
     ffn_multiple: int = 64           # F_e is rounded up to a multiple of this (GPU-friendly shapes)
+    enlarge_attn: float = 1.0        # e_attn: the enlarged model has H_e = e_attn * n_head heads of the same size, pruned
+                                     # to n_head like the FFN (1 = attention is not enlarged nor pruned)
     # optimizer and the LR schedule
     max_steps: int = 800             # T: optimizer steps of the whole run, all phases together
     lr: float = 3e-3                 # eta_p: peak LR, reached after the warmup
@@ -96,7 +100,9 @@ class Config:
     ema_warmup: int = 30             # steps of importance tracking before t_p (lambda^30 ~ 1e-9: enough history)
     f1: str = "mean"                 # reduce |W * dW| within one matrix, per neuron: mean | max | sum
     f2: str = "max"                  # combine the up/gate/down scores of a neuron: mean | max | sum
-    ranking: str = "layer"           # layer: every layer ends at F_t | global: one ranking, layer-adaptive widths
+    ranking: str = "layer"           # layer: every layer ends at F_t | global: one ranking, layer-adaptive widths |
+                                     # adaptive: Adapt-Pruner's per-layer counts from layer importance (section 6)
+    adapt_amp: float = 0.5           # A: with --ranking adaptive layer l keeps k (1 + A z_l) units, z_l in [-1, 1]
     compact_frac: float = 0.1        # compact once this fraction of a layer's width is masked (1 = only at the end)
     # evaluation, logging, checkpoints
     eval_every: int = 100            # steps between validation estimates
@@ -155,7 +161,7 @@ PIPELINES = {                          # (pruning, lr_schedule)
 # The values a text knob may take: argparse offers them as choices, and validate checks them.
 CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"),
            "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
-           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global"), "dtype": ("auto", "float32", "bfloat16"),
+           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"), "dtype": ("auto", "float32", "bfloat16"),
            "compile_backend": ("inductor", "aot_eager", "eager")}
 
 class ConfigError(ValueError):
@@ -173,6 +179,14 @@ def ffn_sizes(cfg):
     m = cfg.ffn_multiple
     return cfg.ffn_hidden, m * math.ceil(round(cfg.enlarge * cfg.ffn_hidden / m, 6))
 
+def unit_sizes(cfg):
+    """{kind: (target, enlarged) per layer} of every kind of unit a run prunes: "ffn" neurons, and "attn" heads when
+    --enlarge_attn > 1 (H_e = e_attn * n_head, rounded up). A kind is the name of a Block's module."""
+    H_e = math.ceil(round(cfg.enlarge_attn * cfg.n_head, 6))
+    return {"ffn": ffn_sizes(cfg), **({"attn": (cfg.n_head, H_e)} if H_e > cfg.n_head else {})}
+
+NAME = {"ffn": "FFN", "attn": "heads"}  # of the kinds of unit, in what a run prints
+
 def phase_steps(cfg):
     """(t_p, t_end): pruning runs over steps t_p .. t_end; one-shot pruning is a window of length 0."""
     t_p = round(cfg.prune_start * cfg.max_steps)
@@ -181,10 +195,12 @@ def phase_steps(cfg):
 def tokens_per_step(cfg):
     return cfg.batch_size * cfg.block_size * cfg.grad_accum
 
-def flops_per_token(n_params, cfg):
+def flops_per_token(n_params, cfg, heads=None):
     """Training FLOPs per token, forward + backward: 6 per parameter (a multiply-add forward, two backward) plus
-    attention's QK^T and AV, 12 * n_layer * d * T, not halved for the causal mask (PaLM, nanoGPT, nanochat)."""
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    attention's QK^T and AV, 12 * n_layer * d * T, not halved for the causal mask (PaLM, nanoGPT, nanochat); with
+    the layers' head counts, d is each layer's attention width heads * head_dim."""
+    width = sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head)
+    return 6 * n_params + 12 * width * cfg.block_size
 
 # ---- 2. Data: uint16 token files, random windows (nanoGPT) --------------------------------------------------------
 def dataset_path(cfg):
@@ -236,7 +252,7 @@ class Data:
         for i in range(0, len(starts), B):
             yield self._to_device(arr[starts[i:i + B, None] + np.arange(T + 1)])
 
-# ---- 3. Model: a Llama-style decoder whose FFN widths are a per-layer list ----------------------------------------
+# ---- 3. Model: a Llama-style decoder whose FFN widths and head counts are per-layer lists --------------------------
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -257,20 +273,40 @@ def apply_rope(x, cos, sin):
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
+# A structured unit (an FFN neuron, an attention head) is a slice along one dim of a few matrices. Each module says
+# which, in unit_linears(): (linear, dim, chunks): its weight holds `chunks` blocks along dim (qkv: q, k and v), each
+# of n_units equal slices, one per unit. The importance, the masks and the compaction all walk over that one list.
+def unit_view(t, dim, chunks, n):
+    """t (a weight, its gradient, an AdamW moment) with the units on an axis of their own, dim + 1: (.., chunks, n, ..)."""
+    return t.unflatten(dim, (chunks, n, -1))
+
+def select_units(t, dim, chunks, n, idx):
+    """The slices of units idx (sorted) of t, as one tensor again: t with n - len(idx) units fewer along dim."""
+    return unit_view(t, dim, chunks, n).index_select(dim + 1, idx).flatten(dim, dim + 2)
+
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    """Causal self-attention with RoPE: n_head heads of head_dim = n_embd / cfg.n_head (an enlarged model has more
+    heads of the same size: its inner width n_head * head_dim may exceed n_embd).
+    Head h is rows [h hd, (h + 1) hd) of W_q, W_k, W_v (the 3 chunks of qkv) and those columns of W_o (proj)."""
+    def __init__(self, cfg, n_head):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * n_head * self.head_dim, bias=False)
+        self.proj = nn.Linear(n_head * self.head_dim, cfg.n_embd, bias=False)
+
+    @property
+    def n_units(self):  # heads
+        return self.proj.weight.shape[1] // self.head_dim
+
+    def unit_linears(self):
+        return (self.qkv, 0, 3), (self.proj, 1, 1)
 
     def forward(self, x, cos, sin):
-        B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hd)
-                   for t in self.qkv(x).split(C, dim=2))
+        (B, T, _), H, hd = x.shape, self.n_units, self.head_dim
+        q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in self.qkv(x).split(H * hd, dim=2))  # (B, H, T, hd)
         q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, H * hd))
 
 class SwiGLU(nn.Module):
     """FFN of width F: down(silu(gate(x)) * up(x)).
@@ -282,24 +318,19 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(width, d, bias=False)
 
     @property
-    def width(self):
+    def n_units(self):  # neurons: the width
         return self.up.weight.shape[0]
 
-    def neuron_linears(self):
-        """(linear, the dim of its weight that indexes neurons), for up, gate, down: the one place that says which
-        axis is a neuron. The importance, the masks and the compaction all walk over it."""
-        return (self.up, 0), (self.gate, 0), (self.down, 1)
-
-    def neuron_weights(self):
-        return [(lin.weight, dim) for lin, dim in self.neuron_linears()]
+    def unit_linears(self):
+        return (self.up, 0, 1), (self.gate, 0, 1), (self.down, 1, 1)
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 class Block(nn.Module):
-    def __init__(self, cfg, width):
+    def __init__(self, cfg, width, heads):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg, heads)
         self.ffn_norm, self.ffn = RMSNorm(cfg.n_embd), SwiGLU(cfg.n_embd, width)
 
     def forward(self, x, cos, sin):
@@ -307,16 +338,17 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 class GPT(nn.Module):
-    def __init__(self, cfg, widths):
+    def __init__(self, cfg, widths, heads=None):  # per layer: FFN widths, head counts (default n_head)
         super().__init__()
-        assert len(widths) == cfg.n_layer, f"need one FFN width per layer, got {len(widths)} for {cfg.n_layer}"
+        heads = heads or [cfg.n_head] * cfg.n_layer
+        assert len(widths) == len(heads) == cfg.n_layer, f"need one FFN width and head count per layer, {cfg.n_layer}"
         self.block_size = cfg.block_size
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, w) for w in widths)
+        self.blocks = nn.ModuleList(Block(cfg, w, h) for w, h in zip(widths, heads))
         self.norm = RMSNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied embeddings
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)  # one head size, whatever the head counts
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         # GPT-2 init: N(0, 0.02), the projections into the residual stream scaled by 1/sqrt(2 * n_layer)
@@ -325,9 +357,16 @@ class GPT(nn.Module):
                 std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
+    def units(self, kind):  # the modules that hold the units of a kind ("ffn", "attn"), one per layer
+        return [getattr(b, kind) for b in self.blocks]
+
     @property
     def ffn_widths(self):
-        return [b.ffn.width for b in self.blocks]
+        return [m.n_units for m in self.units("ffn")]
+
+    @property
+    def heads(self):
+        return [m.n_units for m in self.units("attn")]
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
@@ -342,20 +381,20 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     @torch.no_grad()
-    def compact_ffn(self, survivors):
-        """Model surgery: layer l keeps only its neurons survivors[l] (sorted indices), as new, smaller Parameters.
-        Returns (layer, old, new, dim) for every replaced weight, so an optimizer can move its state (section 7)."""
+    def compact(self, survivors, kind="ffn"):
+        """Model surgery: layer l keeps only its units survivors[l] (sorted indices), as new, smaller Parameters.
+        Returns (layer, old, new, (dim, chunks, n)) for every replaced weight, so AdamW can move its state (section 7)."""
         assert len(survivors) == len(self.blocks)
-        d, replaced = self.tok_emb.weight.shape[1], []
-        for layer, (block, idx) in enumerate(zip(self.blocks, survivors)):
-            ffn, n = block.ffn, idx.numel()
-            assert idx.dim() == 1 and 0 < n <= ffn.width and int(idx.max()) < ffn.width
-            for lin, dim in ffn.neuron_linears():  # up, gate: (F, d), neurons on dim 0; down: (d, F), on dim 1
-                new = nn.Parameter(lin.weight.index_select(dim, idx))
-                replaced.append((layer, lin.weight, new, dim))
+        replaced = []
+        for layer, (module, idx) in enumerate(zip(self.units(kind), survivors)):
+            n = module.n_units
+            assert idx.dim() == 1 and 0 < idx.numel() <= n and int(idx.max()) < n
+            for lin, dim, chunks in module.unit_linears():  # e.g. up: (F, d), neurons on dim 0; down: (d, F), dim 1
+                new = nn.Parameter(select_units(lin.weight, dim, chunks, n, idx))
+                replaced.append((layer, lin.weight, new, (dim, chunks, n)))
                 lin.weight = new
-                setattr(lin, "out_features" if dim == 0 else "in_features", n)
-            assert ffn.up.weight.shape == ffn.gate.weight.shape == (n, d) and ffn.down.weight.shape == (d, n)
+                setattr(lin, "out_features" if dim == 0 else "in_features", new.shape[dim])
+            assert module.n_units == idx.numel()
         return replaced
 
 # ---- 4. Learning-rate schedule: one cosine (integrated), or one per stage (restarted) -----------------------------
@@ -386,34 +425,49 @@ def lr_at(step, cfg):
     start, horizon = [s for s in lr_stages(cfg) if s[0] <= step][-1]
     return warmup_cosine(step - start, horizon - start, cfg)
 
-# ---- 5. Importance: sensitivity |W * dW| reduced per neuron (f1), an EMA, combined across matrices (f2) -----------
-# f1 reduces each neuron's entries within one matrix; f2 combines a neuron's three matrices. "mean-max" = f1 mean,
-# f2 max (the paper's best, its Figure 4b).
+# ---- 5. Importance: sensitivity |W * dW| reduced per unit (f1), an EMA, combined across matrices (f2) -------------
+# f1 reduces each unit's entries within one matrix; f2 combines a unit's matrices (a neuron's up, gate, down; a head's
+# q, k, v, o). "mean-max" = f1 mean, f2 max (the paper's best, its Figure 4b).
 REDUCE = {"mean": lambda t, dim: t.mean(dim), "max": lambda t, dim: t.amax(dim), "sum": lambda t, dim: t.sum(dim)}
 
 @torch.no_grad()
-def sensitivity(ffn, f1):
-    """I = |W * dW| for W_up, W_gate, W_down, reduced by f1 over each neuron's entries: (3, F).
-    |W * dW| is the first-order Taylor estimate of the loss change when the weight is zeroed."""
-    return torch.stack([REDUCE[f1]((w * w.grad).abs_(), 1 - dim) for w, dim in ffn.neuron_weights()])
+def sensitivity(module, f1):
+    """I = |W * dW| of each matrix of a module's units (up, gate, down; or q, k, v, o), reduced by f1 over each
+    unit's entries: (matrices, units). |W * dW| is the first-order Taylor estimate of the loss change when the
+    weight is zeroed."""
+    scores = []
+    for lin, dim, chunks in module.unit_linears():
+        v = unit_view((lin.weight * lin.weight.grad).abs_(), dim, chunks, module.n_units)
+        scores.append(REDUCE[f1](v, [i for i in range(v.dim()) if i not in (dim, dim + 1)]))  # (chunks, units)
+    return torch.cat(scores)
 
 @torch.no_grad()
-def update_importance(importance, model, cfg):
-    """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors: importance[l] is (3, F_l), the EMA
-    of layer l's up, gate, down scores. For a linear f1 (mean, sum) this is exactly the per-element EMA, reduced
-    afterwards; for f1 = max it is the EMA of the per-step max (3 * F floats per layer instead of a weight copy)."""
-    for imp, block in zip(importance, model.blocks):
-        imp.mul_(cfg.ema_beta).add_(sensitivity(block.ffn, cfg.f1).float(), alpha=1 - cfg.ema_beta)
+def update_importance(importance, model, cfg, kind="ffn"):
+    """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors: importance[l] is (3, F_l) for neurons,
+    the EMA of layer l's up, gate, down scores ((4, H_l) for heads). For a linear f1 (mean, sum) this is exactly the
+    per-element EMA, reduced afterwards; for f1 = max the EMA of the per-step max (no weight copy)."""
+    for imp, module in zip(importance, model.units(kind)):
+        imp.mul_(cfg.ema_beta).add_(sensitivity(module, cfg.f1).float(), alpha=1 - cfg.ema_beta)
 
-def neuron_scores(importance, f2):
-    """One score per neuron: f2 over its up/gate/down EMAs."""
+def unit_scores(importance, f2):
+    """One score per unit: f2 over its matrices' EMAs."""
     return [REDUCE[f2](imp, 0) for imp in importance]
 
+@torch.no_grad()
+def layer_importance(model, x):
+    """Adapt-Pruner's layer importance, for --ranking adaptive: 1 - cos(a layer's input, its output), the mean over
+    the tokens of x. A layer that changes its input more matters more, and keeps more units (section 6)."""
+    h, out = model.tok_emb(x), []
+    for block in model.blocks:
+        h, h_in = block(h, model.cos, model.sin), h
+        out.append(1 - F.cosine_similarity(h_in.float(), h.float(), dim=-1).mean())
+    return torch.stack(out)
+
 # ---- 6. Cubic keep-schedule and monotone masks --------------------------------------------------------------------
-def keep_at(step, cfg):
-    """Neurons kept per layer at a step: F_e before t_p, then r(t) = r_T + (1 - r_T)(1 - (t - t_p)/T_p)^3 of F_e,
-    exactly F_t = r_T * F_e from t_end = t_p + T_p on. One-shot pruning is the window of length 0."""
-    F_t, F_e = ffn_sizes(cfg)
+def keep_at(step, cfg, kind="ffn"):
+    """Units kept per layer at a step: F_e before t_p, then r(t) = r_T + (1 - r_T)(1 - (t - t_p)/T_p)^3 of F_e,
+    exactly F_t = r_T * F_e from t_end = t_p + T_p on (heads alike: H_e, H_t). One-shot: a window of length 0."""
+    F_t, F_e = unit_sizes(cfg).get(kind, (cfg.n_head,) * 2)
     if cfg.pruning == "none":
         return F_t
     t_p, t_end = phase_steps(cfg)
@@ -440,54 +494,65 @@ def is_prune_step(step, cfg):
     return cfg.pruning != "none" and t_p <= step <= t_end and ((step - t_p) % cfg.prune_every == 0 or step == t_end)
 
 @torch.no_grad()
-def zero_neurons_(model, optimizer, dead):
-    """Zero the weights AND the AdamW moments of dead neurons. With a neuron's gate and up rows at zero its
-    activation silu(0) * 0 is 0, so all three of its gradients are exactly 0, Adam's update 0 / (0 + eps) is
-    0, and decoupled weight decay keeps 0 at 0: a pruned neuron stays pruned with no mask in the forward pass."""
-    for block, d in zip(model.blocks, dead):
+def zero_units_(model, optimizer, dead, kind="ffn"):
+    """Zero the weights AND the AdamW moments of dead units. With a neuron's gate and up rows at zero its activation
+    silu(0) * 0 is 0, so all three of its gradients are exactly 0. With a head's v rows at zero its output is 0,
+    and with its o columns at zero so is the gradient that reaches it: dW_o = dy^T (its output) = 0, and dv, dq, dk
+    all carry dy W_o = 0. Adam's update 0 / (0 + eps) is 0 and decoupled weight decay keeps 0 at 0: a pruned unit
+    stays pruned with no mask in the forward pass."""
+    for module, d in zip(model.units(kind), dead):
         idx = d.nonzero().squeeze(1)
         if idx.numel():
-            for w, dim in block.ffn.neuron_weights():
-                state = optimizer.state.get(w, {})
-                for t in [w] + [state[m] for m in ("exp_avg", "exp_avg_sq") if m in state]:
-                    t.index_fill_(dim, idx, 0.0)
+            for lin, dim, chunks in module.unit_linears():
+                state = optimizer.state.get(lin.weight, {})
+                for t in [lin.weight] + [state[m] for m in ("exp_avg", "exp_avg_sq") if m in state]:
+                    unit_view(t, dim, chunks, module.n_units).index_fill_(dim + 1, idx, 0.0)
 
 @torch.no_grad()
-def prune_(model, optimizer, importance, alive, k, cfg):
-    """Shrink the alive masks to the k best neurons per layer (ranking "layer") or the k * n_layer best overall
-    (ranking "global"). Only alive neurons compete, so masks only ever shrink. Returns the neurons removed."""
+def prune_(model, optimizer, importance, alive, k, cfg, kind="ffn", layer_imp=None):
+    """Shrink the alive masks to the k best units per layer (ranking "layer"), the k * n_layer best overall (ranking
+    "global"), or per layer a count set by its layer importance (ranking "adaptive", Adapt-Pruner: layer l keeps
+    ~k (1 + A z_l) units, z_l = (I_l - mean I) / (max I - min I) in [-1, 1], summing to 0, so the counts sum to
+    k * n_layer), the best by their own scores. Only alive units compete: masks only ever shrink. Returns the
+    units removed."""
     n_alive = [int(a.sum()) for a in alive]
     if k * len(alive) >= sum(n_alive):
         return 0  # nothing to remove at this step (always so at t_p, where r(t_p) = 1)
-    scores = [s.masked_fill(~a, -float("inf")) for s, a in zip(neuron_scores(importance, cfg.f2), alive)]
+    scores = [s.masked_fill(~a, -float("inf")) for s, a in zip(unit_scores(importance, cfg.f2), alive)]
     if cfg.ranking == "layer":
         survivors = [s.topk(min(k, n)).indices for s, n in zip(scores, n_alive)]
     else:
-        for s in scores:  # each layer keeps at least its best neuron, so no layer can vanish
+        if cfg.ranking == "adaptive":  # the j-th best unit of layer l scores want_l - j: one ranking over all layers
+            z = (layer_imp - layer_imp.mean()) / (layer_imp.max() - layer_imp.min()).clamp_min(1e-12)  # then keeps
+            want = k * (1 + cfg.adapt_amp * z)  # ~want_l of layer l (fewer where fewer are alive, the rest elsewhere)
+            scores = [(w - s.argsort(descending=True).argsort()).masked_fill(~a, -float("inf"))
+                      for w, s, a in zip(want, scores, alive)]
+        for s in scores:  # each layer keeps at least its best unit, so no layer can vanish
             s[s.argmax()] = float("inf")
         top = torch.cat(scores).topk(k * len(scores)).indices
         offsets = np.cumsum([0] + [len(s) for s in scores])
         survivors = [top[(top >= lo) & (top < hi)] - lo for lo, hi in zip(offsets[:-1], offsets[1:])]
     new_alive = [torch.zeros_like(a).index_fill_(0, idx, True) for a, idx in zip(alive, survivors)]
     dead = [a & ~n for a, n in zip(alive, new_alive)]
-    zero_neurons_(model, optimizer, dead)
+    zero_units_(model, optimizer, dead, kind)
     alive[:] = new_alive
     return sum(int(d.sum()) for d in dead)
 
-# ---- 7. Compaction: slice pruned neurons out of the weights and the AdamW state -----------------------------------
+# ---- 7. Compaction: slice pruned units out of the weights and the AdamW state -------------------------------------
 @torch.no_grad()
-def compact_(model, optimizer, importance, alive):
-    """Physically remove masked neurons: rows of W_up / W_gate, columns of W_down, the same entries of AdamW's
-    exp_avg and exp_avg_sq (its step counter is kept), and of the importance EMA. Afterwards the model is
-    exactly a model built at the smaller widths: same outputs as the masked one, same speed as a fresh one."""
+def compact_(model, optimizer, importance, alive, kind="ffn"):
+    """Physically remove masked units: rows of W_up / W_gate and columns of W_down (or a head's rows of W_q, W_k,
+    W_v and columns of W_o), the same entries of AdamW's exp_avg and exp_avg_sq (its step counter is kept), and of
+    the importance EMA. Afterwards the model is exactly a model built at the smaller sizes: same outputs as the
+    masked one, same speed as a fresh one."""
     survivors = [a.nonzero().squeeze(1) for a in alive]
-    replaced = model.compact_ffn(survivors)
+    replaced = model.compact(survivors, kind)
     new_of = {id(old): new for _, old, new, _ in replaced}
-    for layer, old, new, dim in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced
+    for layer, old, new, where in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced
         state = optimizer.state.pop(old, {})
         for m in ("exp_avg", "exp_avg_sq"):
             if m in state:
-                state[m] = state[m].index_select(dim, survivors[layer])
+                state[m] = select_units(state[m], *where, survivors[layer])
         if state:
             optimizer.state[new] = state
     for group in optimizer.param_groups:
@@ -512,15 +577,15 @@ class Run:
     data: Data
     raw_model: GPT                    # the plain model: surgery, importance, checkpoints (train's `model` wraps it)
     optimizer: torch.optim.Optimizer  # the one AdamW of the whole run, never reset
-    importance: list                  # per layer (3, F_l): EMA of the up, gate, down scores (section 5)
-    alive: list                       # per layer (F_l,) bool: monotone masks (section 6)
+    importance: dict                  # {kind: per layer (3, F_l)}: EMAs of up, gate, down scores (heads: q, k, v, o)
+    alive: dict                       # {kind: per layer (F_l,) bool}: monotone masks (section 6)
     progress: dict                    # tokens, FLOPs per phase, wall time; "step": where this run started
     log: object = None                # the RunLog (section 12): log.jsonl and the printed lines
     last_ckpt: int = None             # the step of the newest checkpoint on disk (written or resumed from)
     rank: int = 0                     # this process under torchrun (0 alone), and the number of processes
     world: int = 1
     accum: int = 1                    # this rank's micro-steps per step: grad_accum / world
-    n_alive: list = None              # alive neurons per layer, counted on prune steps only (no sync per step)
+    n_alive: dict = None              # alive units per kind per layer, counted on prune steps only (no sync per step)
     t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
     peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
     sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
@@ -529,25 +594,34 @@ class Run:
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 def prune_and_compact(run, step):
-    """A prune step (section 6's contract): masks down to keep_at(step) neurons per layer, then compaction (section 7)
-    once compact_frac of a layer is masked, and always at t_end. True when it replaced Parameters: rewrap the model."""
+    """A prune step (section 6's contract): masks down to keep_at(step) units of each kind per layer, then compaction
+    (section 7) once compact_frac of a layer is masked, and always at t_end. True when it replaced Parameters."""
     cfg, raw_model = run.cfg, run.raw_model
-    (F_t, F_e), (t_p, t_end) = ffn_sizes(cfg), phase_steps(cfg)
+    sizes, (t_p, t_end) = unit_sizes(cfg), phase_steps(cfg)
     if step == t_p:
-        run.log.event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, "
-                            f"lambda {cfg.ema_beta}): FFN {F_e} -> {F_t} per layer by step {t_end}")
-    # every rank ranks the same all-reduced importance, so all keep the same neurons (the DDP test checks it)
-    prune_(raw_model, run.optimizer, run.importance, run.alive, keep_at(step, cfg), cfg)
-    run.n_alive = [int(a.sum()) for a in run.alive]
-    masked = max(1 - int(a.sum()) / a.numel() for a in run.alive)  # of a layer's width: masked, still allocated
+        run.log.event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, lambda "
+                            f"{cfg.ema_beta}): {', '.join(f'{NAME[k]} {e} -> {t}' for k, (t, e) in sizes.items())} "
+                            f"per layer by step {t_end}")
+    layer_imp = None  # adaptive: measured now, on a fixed training batch (the evaluation's first): on every rank alike
+    if cfg.ranking == "adaptive":
+        with run.ctx:
+            x = run.data.batch("train", torch.Generator().manual_seed(cfg.seed + 1))[0]
+            layer_imp = layer_importance(raw_model, x)
+    for kind in sizes:  # every rank ranks the same all-reduced importance: all keep the same units (the DDP test)
+        prune_(raw_model, run.optimizer, run.importance[kind], run.alive[kind], keep_at(step, cfg, kind), cfg, kind,
+               layer_imp)
+    run.n_alive = {kind: [int(a.sum()) for a in alive] for kind, alive in run.alive.items()}
+    masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # still allocated
     compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
     if compacted:
-        before_w, before_p = raw_model.ffn_widths, raw_model.num_params()
-        compact_(raw_model, run.optimizer, run.importance, run.alive)
-        run.log.event(step, f"compacted FFN {np.mean(before_w):.0f} -> {np.mean(raw_model.ffn_widths):.0f} per "
-                            f"layer, {fmt_params(before_p)} -> {fmt_params(raw_model.num_params())} params")
+        before, before_p = shape_text(raw_model, sizes), raw_model.num_params()
+        for kind in sizes:
+            compact_(raw_model, run.optimizer, run.importance[kind], run.alive[kind], kind)
+        run.log.event(step, f"compacted {before} -> {shape_text(raw_model, sizes)} per layer, {fmt_params(before_p)}"
+                            f" -> {fmt_params(raw_model.num_params())} params")
     if step == t_end:
-        run.log.event(step, f"pruning done, recovery from here: FFN widths {raw_model.ffn_widths}")
+        run.log.event(step, f"pruning done, recovery from here: FFN widths {raw_model.ffn_widths}" +
+                            f", heads {raw_model.heads}" * ("attn" in sizes))
     return compacted
 
 def train_step(run, model, step):
@@ -570,7 +644,8 @@ def train_step(run, model, step):
         (loss / run.accum).backward()
         loss_sum += loss.detach()
     if tracks_importance(step, cfg):  # the accumulated gradient (all-reduced: the same on every rank), unclipped
-        update_importance(run.importance, run.raw_model, cfg)
+        for kind, importance in run.importance.items():
+            update_importance(importance, run.raw_model, cfg, kind)
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
     # the step's one host sync: its loss, the norm, and whether a stop signal came (summed over ranks under DDP)
     stats = torch.stack([loss_sum / run.accum, norm.float(), loss_sum.new_full((), float(run.signal is not None))])
@@ -653,19 +728,21 @@ def start_run(cfg, resume, overwrite=False, given=None):
     log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
     if rank == 0:
         describe(cfg)
-    F_t, F_e = ffn_sizes(cfg)
-    widths = ckpt["widths"] if ckpt else [F_t if cfg.pruning == "none" else F_e] * cfg.n_layer
+    start = {kind: [t if cfg.pruning == "none" else e] * cfg.n_layer for kind, (t, e) in unit_sizes(cfg).items()}
     torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
-    raw_model = GPT(cfg, widths).to(device)
+    sizes = (ckpt["widths"], ckpt["heads"]) if ckpt else (start["ffn"], start.get("attn"))  # per layer
+    raw_model = GPT(cfg, *sizes).to(device)
+    units = {kind: raw_model.units(kind) for kind in start}  # the kinds pruned: ffn, and attn with --enlarge_attn
     run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, make_optimizer(raw_model, cfg, device),
-              importance=[torch.zeros(3, w, device=device) for w in widths],
-              alive=[torch.ones(w, dtype=torch.bool, device=device) for w in widths],
+              importance={k: [torch.zeros(sum(c for *_, c in m.unit_linears()), m.n_units, device=device) for m in ms]
+                          for k, ms in units.items()},  # a row per matrix: up, gate, down; q, k, v, o
+              alive={k: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for k, ms in units.items()},
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
                         "params_start": raw_model.num_params()},
               log=log, rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
     if ckpt:
         restore_checkpoint(run, ckpt)
-    run.n_alive = [int(a.sum()) for a in run.alive]
+    run.n_alive = {kind: [int(a.sum()) for a in alive] for kind, alive in run.alive.items()}
     if world > 1:
         run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
     if ckpt:
@@ -739,7 +816,7 @@ def catch_stop_signals(run):
     return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
 # ---- 10. Checkpoints: tensors and plain types only, written atomically --------------------------------------------
-CKPT_VERSION = 1  # raise it when the layout below changes: --resume refuses a checkpoint newer than it knows
+CKPT_VERSION = 2  # raise it when the layout below changes: --resume refuses a checkpoint newer than it knows
 CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
 
 def ckpt_path(out_dir):
@@ -795,9 +872,9 @@ def save_checkpoint(run, step):
     if run.rank != 0:
         return
     ckpt = {"version": CKPT_VERSION, "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "widths": run.raw_model.ffn_widths,  # build GPT(cfg, widths) before load_state_dict
-            "importance": [imp.cpu() for imp in run.importance],  # (3, F_l): EMA of the up, gate, down scores
-            "alive": [a.cpu() for a in run.alive],  # (F_l,) bool masks
+            "widths": run.raw_model.ffn_widths, "heads": run.raw_model.heads,  # GPT(cfg, widths, heads), then load
+            "importance": {k: [imp.cpu() for imp in v] for k, v in run.importance.items()},  # per kind, per layer
+            "alive": {k: [a.cpu() for a in v] for k, v in run.alive.items()},  # bool masks, per kind, per layer
             "config": asdict(run.cfg), "progress": {**run.progress, "step": step,  # step: where a resume starts
                                                     "log_records": run.log.sync()},  # the log's, all on disk
             "rng": {"torch": torch.get_rng_state(), "data": run.data.gen.get_state(),
@@ -831,6 +908,9 @@ def read_checkpoint(path):
             raise ValueError(f"it was written by a newer ideaprune (checkpoint version {ckpt['version']}, "
                              f"this one reads up to {CKPT_VERSION})")
         Config(**ckpt["config"])  # a knob this version does not know: from another version
+        if ckpt.get("version", 1) == 1:  # FFN neurons were the only unit: every layer has n_head heads
+            ckpt.update(heads=[ckpt["config"]["n_head"]] * ckpt["config"]["n_layer"],
+                        importance={"ffn": ckpt["importance"]}, alive={"ffn": ckpt["alive"]})
     except Exception as e:
         raise ConfigError(f"{path} is not a checkpoint this ideaprune can resume ({type(e).__name__}: {e}). It was "
                           f"left as it was: restore it from a copy, or start a new run in another --out_dir") from None
@@ -840,8 +920,8 @@ def restore_checkpoint(run, ckpt):
     """Load a checkpoint's state into a run built at the checkpoint's widths: exactly where it stopped."""
     run.raw_model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.importance = [imp.to(run.device) for imp in ckpt["importance"]]
-    run.alive = [a.to(run.device) for a in ckpt["alive"]]
+    run.importance = {k: [imp.to(run.device) for imp in v] for k, v in ckpt["importance"].items()}
+    run.alive = {k: [a.to(run.device) for a in v] for k, v in ckpt["alive"].items()}
     run.progress, run.last_ckpt = ckpt["progress"], ckpt["progress"]["step"]  # the step it resumes from, on disk
     torch.set_rng_state(ckpt["rng"]["torch"])
     run.data.gen.set_state(ckpt["rng"]["data"])
@@ -849,14 +929,15 @@ def restore_checkpoint(run, ckpt):
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 def load_model(path, device="cpu"):
-    """The model of a checkpoint, at the end of a run or from its middle: neurons masked but not yet compacted
-    are sliced out (they are zero: the outputs do not change), so it is the deployed model at its widths."""
+    """The model of a checkpoint, at the end of a run or from its middle: units masked but not yet compacted are
+    sliced out (they are zero: the outputs do not change), so it is the deployed model at its sizes."""
     ckpt = read_checkpoint(path)
     cfg = Config(**ckpt["config"])
-    model = GPT(cfg, ckpt["widths"])
+    model = GPT(cfg, ckpt["widths"], ckpt["heads"])
     model.load_state_dict(ckpt["model"])
-    if not all(a.all() for a in ckpt["alive"]):
-        model.compact_ffn([a.nonzero().squeeze(1) for a in ckpt["alive"]])
+    for kind, alive in ckpt["alive"].items():
+        if not all(a.all() for a in alive):
+            model.compact([a.nonzero().squeeze(1) for a in alive], kind)
     return model.to(device), cfg
 
 # ---- 11. Evaluation, sampling, export -----------------------------------------------------------------------------
@@ -932,18 +1013,23 @@ def check_export_dir(out_dir, overwrite=False):  # export never destroys: a new 
 
 def export_hf(model, cfg, out_dir, overwrite=False):
     """out_dir as a Hugging Face LlamaForCausalLM with our logits: our model IS a Llama (RMSNorm, RoPE on halves as
-    HF's rotate_half, SwiGLU, no biases, tied embeddings). Llama has one intermediate_size, so narrower layers
-    (global ranking) get zero neurons: zero gate and up rows give silu(0) * 0 = 0, exactly."""
+    HF's rotate_half, SwiGLU, no biases, tied embeddings). Llama has one intermediate_size and one head count, so
+    narrower layers (global, adaptive ranking) get zero neurons (zero gate and up rows: silu(0) * 0 = 0) and zero
+    heads (zero q, k, v rows and o columns: a uniform attention over zero values), exactly; so many heads that
+    they divide hidden_size, which transformers' LlamaConfig demands even with head_dim set."""
     from safetensors.torch import save_file  # installed with transformers
-    d, L, width = cfg.n_embd, cfg.n_layer, max(model.ffn_widths)
-    if len(set(model.ffn_widths)) > 1:
-        print(f"export: FFN widths {model.ffn_widths} padded with zero neurons to {width} (output unchanged)")
+    d, L, width, hd = cfg.n_embd, cfg.n_layer, max(model.ffn_widths), cfg.n_embd // cfg.n_head
+    H = next(h for h in range(max(model.heads), d + 1) if d % h == 0)
+    for what, sizes, top in (("FFN widths", model.ffn_widths, width), ("head counts", model.heads, H)):
+        if set(sizes) != {top}:
+            print(f"export: {what} {sizes} padded with zero units to {top} (output unchanged)")
     weights = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
     for i, block in enumerate(model.blocks):
-        pre, pad = f"model.layers.{i}.", width - block.ffn.width
-        q, k, v = block.attn.qkv.weight.split(d, dim=0)
+        pre, pad, pad_h = f"model.layers.{i}.", width - block.ffn.n_units, (H - block.attn.n_units) * hd
+        q, k, v = (F.pad(w, (0, 0, 0, pad_h)) for w in block.attn.qkv.weight.chunk(3))  # (H hd, d) each
         weights.update({pre + "self_attn.q_proj.weight": q, pre + "self_attn.k_proj.weight": k,
-                        pre + "self_attn.v_proj.weight": v, pre + "self_attn.o_proj.weight": block.attn.proj.weight,
+                        pre + "self_attn.v_proj.weight": v,
+                        pre + "self_attn.o_proj.weight": F.pad(block.attn.proj.weight, (0, pad_h)),  # (d, H hd)
                         pre + "input_layernorm.weight": block.attn_norm.weight,
                         pre + "post_attention_layernorm.weight": block.ffn_norm.weight,
                         pre + "mlp.gate_proj.weight": F.pad(block.ffn.gate.weight, (0, 0, 0, pad)),  # (F, d)
@@ -952,7 +1038,7 @@ def export_hf(model, cfg, out_dir, overwrite=False):
     gpt2 = tokenizer_kind(cfg) == "gpt2"
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
               "hidden_size": d, "intermediate_size": width, "num_hidden_layers": L,
-              "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": d // cfg.n_head,
+              "num_attention_heads": H, "num_key_value_heads": H, "head_dim": hd,  # H hd may differ from d
               "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": 1e-5,
               "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
               "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
@@ -979,6 +1065,9 @@ def phase_of(step, cfg):
     t_p, t_end = phase_steps(cfg)
     return "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
 
+def shape_text(model, kinds):  # "FFN 400, heads 6.5": the mean per layer of each kind
+    return ", ".join(f"{NAME[k]} {np.mean([m.n_units for m in model.units(k)]):g}" for k in kinds)
+
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
 
@@ -999,17 +1088,20 @@ def mfu(flops, seconds, run):
 
 def describe(cfg):
     """Print the resolved config and the numbers derived from it, once, before anything runs."""
-    (F_t, F_e), (t_p, t_end) = ffn_sizes(cfg), phase_steps(cfg)
+    (t_p, t_end), units, L = phase_steps(cfg), unit_sizes(cfg), cfg.n_layer
+    (F_t, F_e), (H_t, H_e) = units["ffn"], units.get("attn", (cfg.n_head,) * 2)
     tps, T = tokens_per_step(cfg), cfg.max_steps
     print("config:", json.dumps(asdict(cfg), indent=1))
     with torch.device("meta"):  # parameter counts without allocating memory (the 300m preset is large)
-        sizes = {w: GPT(cfg, [w] * cfg.n_layer).num_params() for w in (F_e, F_t)}
-    for name, w in (("enlarged", F_e), ("target", F_t)):
-        n, ffn_params = sizes[w], 3 * cfg.n_embd * w * cfg.n_layer
-        print(f"{name:8s} model: FFN {w:5d} per layer | {fmt_params(n)} params, FFN {fmt_params(ffn_params)} "
-              f"({100 * ffn_params / n:.0f}%) | {flops_per_token(n, cfg) / 1e6:.1f} MFLOP per token")
+        sizes = {name: GPT(cfg, [w] * L, [h] * L).num_params() for name, w, h in (("enlarged", F_e, H_e),
+                                                                                   ("target", F_t, H_t))}
+    for name, w, h in (("enlarged", F_e, H_e), ("target", F_t, H_t)):
+        n, ffn_params = sizes[name], 3 * cfg.n_embd * w * L
+        print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * ("attn" in units) + f" per layer | {fmt_params(n)} "
+              f"params, FFN {fmt_params(ffn_params)} ({100 * ffn_params / n:.0f}%) | "
+              f"{flops_per_token(n, cfg, [h] * L) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
-          f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / sizes[F_t]:,.1f} per deployed parameter")
+          f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / sizes['target']:,.1f} per deployed parameter")
     recovery = f"{t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)" if T > t_end else "none"
     print(f"phases: target-size model for all {T} steps (scratch)" if cfg.pruning == "none" else
           f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "
@@ -1079,10 +1171,12 @@ class RunLog:
                 f.close()
 
 def flops_left(run, step):
-    """Training FLOPs of the steps after this one, at the widths the keep-schedule gives them: for the ETA."""
-    cfg, raw_model = run.cfg, run.raw_model
-    not_ffn = raw_model.num_params() - 3 * cfg.n_embd * sum(raw_model.ffn_widths)
-    return tokens_per_step(cfg) * sum(flops_per_token(not_ffn + 3 * cfg.n_embd * cfg.n_layer * keep_at(s, cfg), cfg)
+    """Training FLOPs of the steps after this one, at the sizes the keep-schedule gives them: for the ETA."""
+    cfg, model, L = run.cfg, run.raw_model, run.cfg.n_layer
+    per = {"ffn": 3 * cfg.n_embd, "attn": 4 * cfg.n_embd * (cfg.n_embd // cfg.n_head)}  # parameters per unit
+    fixed = model.num_params() - sum(p * sum(m.n_units for m in model.units(k)) for k, p in per.items())
+    return tokens_per_step(cfg) * sum(flops_per_token(fixed + L * sum(p * keep_at(s, cfg, k) for k, p in per.items()),
+                                                      cfg, [keep_at(s, cfg, "attn")] * L)
                                       for s in range(step + 1, cfg.max_steps))
 
 def log_step(run, step, lr, loss, norm, dt):
@@ -1090,18 +1184,19 @@ def log_step(run, step, lr, loss, norm, dt):
     write its record, and print the log line every log_every steps (on a GPU with MFU and peak memory)."""
     cfg, progress = run.cfg, run.progress
     phase, n_params, tps = phase_of(step, cfg), run.raw_model.num_params(), tokens_per_step(cfg)
-    step_flops = flops_per_token(n_params, cfg) * tps
+    step_flops = flops_per_token(n_params, cfg, run.raw_model.heads) * tps
     progress["tokens"] += tps
     progress["flops"][phase] = progress["flops"].get(phase, 0.0) + step_flops
     progress["train_s"] += dt
     progress["wall_s"] = time.time() - run.t0
     if run.fresh and cfg.compile:
-        run.log.event(step, f"compiled for FFN widths {run.raw_model.ffn_widths}: this step took {dt:.1f} s")
+        run.log.event(step, f"compiled for FFN widths {run.raw_model.ffn_widths}" + f", heads {run.raw_model.heads}" *
+                            ("attn" in run.alive) + f": this step took {dt:.1f} s")
     if not run.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
         run.sec_per_flop = dt / step_flops if run.sec_per_flop is None else 0.9 * run.sec_per_flop + 0.1 * dt / step_flops
     run.fresh = False
-    alive_width = float(np.mean(run.n_alive))
-    run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, ffn=alive_width,
+    alive = {kind: float(np.mean(n)) for kind, n in run.n_alive.items()}  # "ffn": the mean alive width, "attn"
+    run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, **alive,
                   params=n_params, phase=phase, ms=1000 * dt, flops=sum(progress["flops"].values()))
     if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
         extra = f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%" if run.peak else ""
@@ -1110,7 +1205,8 @@ def log_step(run, step, lr, loss, norm, dt):
         if run.sec_per_flop:  # the FLOPs left, at the widths the keep-schedule gives them, at the recent speed
             extra += f" | eta {fmt_duration(flops_left(run, step) * run.sec_per_flop)}"
         run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
-                    f"ffn {alive_width:.0f}->{ffn_sizes(cfg)[0]} | params {fmt_params(n_params)} | {1000 * dt:4.0f} ms"
+                    + "".join(f"{NAME[k].lower()} {alive[k]:.0f}->{t} | " for k, (t, _) in unit_sizes(cfg).items()) +
+                    f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms"
                     f" | {tps / dt / 1e3:5.1f}k tok/s{extra}")
 
 def finish_run(run, model):
@@ -1120,7 +1216,7 @@ def finish_run(run, model):
     cfg, progress = run.cfg, run.progress
     val = evaluate_full(unwrap_ddp(model), run.data, run.ctx)
     final = {"pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val), "params": run.raw_model.num_params(),
-             "widths": run.raw_model.ffn_widths, "tokens": progress["tokens"],
+             "widths": run.raw_model.ffn_widths, "heads": run.raw_model.heads, "tokens": progress["tokens"],
              "flops": sum(progress["flops"].values()), "flops_by_phase": progress["flops"],
              "wall_s": progress["wall_s"], **hellaswag(unwrap_ddp(model), cfg, run.device, run.ctx)}
     run.log.write("final", **final)
@@ -1154,6 +1250,8 @@ def validate(cfg):
     need(0 < cfg.min_lr <= cfg.lr, f"need 0 < --min_lr ({cfg.min_lr}) <= --lr ({cfg.lr})")
     need(0 <= cfg.ema_beta < 1, f"--ema_beta (lambda) must be in [0, 1), got {cfg.ema_beta}: at 1 nothing new enters")
     need(0 <= cfg.compact_frac <= 1, f"--compact_frac must be in [0, 1], got {cfg.compact_frac}")
+    need(cfg.enlarge_attn >= 1, f"--enlarge_attn must be >= 1 (1: attention is not pruned), got {cfg.enlarge_attn}")
+    need(cfg.adapt_amp <= 1, f"--adapt_amp must be in [0, 1] (above 1 a layer would want < 0 units), got {cfg.adapt_amp}")
     if cfg.pruning != "none":
         F_t, F_e = ffn_sizes(cfg)
         need(cfg.enlarge > 1 and F_e > F_t, f"the target FFN width (--ffn_hidden {F_t}) must be smaller than the "

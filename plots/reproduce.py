@@ -209,17 +209,41 @@ def gap_cells(gaps):
     return f" {mean:+.4f} | {se:.4f} | {sum(g < 0 for g in gaps)} of {len(gaps)} |"
 
 
-def seeds_table(by_seed, reference):
-    """--seeds: one row per run (a pipeline, or a sweep's role at a value), its final val loss by seed, and its
-    gap to the run reference[name] paired by seed: mean, SE, seeds where it is lower. by_seed: {seed: {name: final}}."""
+def seeds_gaps(by_seed, name, ref):
+    """The final val loss of run name minus that of run ref, seed by seed. by_seed: {seed: {name: final}}."""
+    return [by_seed[s][name]["val_loss"] - by_seed[s][ref]["val_loss"] for s in by_seed]
+
+
+def seeds_table(by_seed, pairs):
+    """--seeds: one row per (run, reference) pair (a run: a pipeline, or a sweep's role at a value), the run's final
+    val loss by seed, and its gap to the reference paired by seed: mean, SE, seeds where it is lower."""
     seeds = list(by_seed)
     rows = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | minus | mean gap | SE | better in |",
             "|---" * (len(seeds) + 5) + "|"]
-    for name, ref in reference.items():
+    for name, ref in pairs:
         losses = [by_seed[s][name]["val_loss"] for s in seeds]
-        rows.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in losses) + f" | {ref or ''} |" + (gap_cells(
-            [x - by_seed[s][ref]["val_loss"] for x, s in zip(losses, seeds)]) if ref else " | | | |"))
+        rows.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in losses) + f" | {ref or ''} |" +
+                    (gap_cells(seeds_gaps(by_seed, name, ref)) if ref else " | | | |"))
     return "\n".join(rows) + "\n"
+
+
+def plot_seeds(by_seed, pairs, path):
+    """--seeds: each paired gap (run minus its reference), mean and standard error over the seeds, one bar each."""
+    plt, pairs = figures._plt(), [(name, ref) for name, ref in pairs if ref]
+    stats = [paired(seeds_gaps(by_seed, name, ref)) for name, ref in pairs]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(pairs) + 1.5))
+    y = np.arange(len(pairs))[::-1]
+    ax.barh(y, [m for m, _ in stats], xerr=[0 if math.isnan(se) else se for _, se in stats], color="#d62728",
+            alpha=0.7, capsize=4)
+    ax.axvline(0, color="#7f7f7f", lw=1)
+    ax.set_yticks(y, [f"{name}  minus  {ref}" for name, ref in pairs], fontsize=8)
+    ax.set(xlabel=f"final val loss gap (nats), mean and standard error over seeds {', '.join(map(str, by_seed))}",
+           title="paired by seed: below 0, the run beats its reference")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def read_table(path):
@@ -358,8 +382,8 @@ def write_table(cfg, label, table, figures):
     print(f"\n{table}\nwrote {', '.join(figures + [f'{label}_results.md'])}")
 
 
-PRUNING_KNOBS = ("enlarge", "ffn_multiple", "prune_start", "prune_len", "prune_every", "ema_beta", "ema_warmup",
-                 "f1", "f2", "ranking", "compact_frac")  # what a model trained at F_t from scratch never reads
+PRUNING_KNOBS = ("enlarge", "ffn_multiple", "enlarge_attn", "prune_start", "prune_len", "prune_every", "ema_beta",
+                 "ema_warmup", "f1", "f2", "ranking", "adapt_amp", "compact_frac")  # never read by a model trained at F_t
 
 
 def parse_sweep(spec):
@@ -460,41 +484,45 @@ def run_sweep(cfg, spec, ceiling=False, replot=False, overwrite=False):
 
 
 def benchmark(cfg, steps=20, rounds=3):
-    """Median time of one optimization step: importance tracking off vs on (enlarged model), and a model
-    compacted from F_e vs one built at F_t from scratch; with --compile, each also compiled. The variants
-    alternate, so load drifts hit all alike."""
+    """Median time of one optimization step: importance tracking off vs on (enlarged model; with --enlarge_attn,
+    the FFN's alone and with the heads'), and a model compacted from F_e vs one built at F_t from scratch; with
+    --compile, each also compiled. The variants alternate, so load drifts hit all alike."""
     ip.validate(cfg)
     ip.check_device(cfg)
     device, ctx = ip.setup_device(cfg)
     F_t, F_e = ip.ffn_sizes(cfg)
+    H_e = [ip.unit_sizes(cfg).get("attn", (cfg.n_head,) * 2)[1]] * cfg.n_layer  # the enlarged model's heads
     x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=device)
 
-    def setup(widths, compact_to=None):
+    def setup(widths, heads=None, compact_to=None):  # heads per layer: n_head by default
         torch.manual_seed(cfg.seed)
-        model = ip.GPT(cfg, widths).to(device)
+        model = ip.GPT(cfg, widths, heads).to(device)
         opt = ip.make_optimizer(model, cfg, device)
-        importance = [torch.zeros(3, w, device=device) for w in widths]
+        importance = {"ffn": [torch.zeros(3, w, device=device) for w in widths],
+                      "attn": [torch.zeros(4, h, device=device) for h in model.heads]}
         if compact_to:  # one real step for AdamW state, then prune to F_t and compact: the integrated path
-            step(model, opt, importance, False)
+            step(model, opt, importance, ())
             alive = [torch.ones(w, dtype=torch.bool, device=device) for w in widths]
             ip.prune_(model, opt, [torch.rand(3, w, device=device) for w in widths], alive, compact_to, cfg)
-            ip.compact_(model, opt, importance, alive)
+            ip.compact_(model, opt, importance["ffn"], alive)
         return model, opt, importance
 
     def step(model, opt, importance, track):
         with ctx:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
-        if track:
-            ip.update_importance(importance, model, cfg)
+        for kind in track:  # the kinds whose importance is tracked
+            ip.update_importance(importance[kind], model, cfg, kind)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    variants = {"enlarged, tracking off": (setup([F_e] * cfg.n_layer), False),
-                "enlarged, tracking on": (setup([F_e] * cfg.n_layer), True),
-                "target, built at F_t": (setup([F_t] * cfg.n_layer), False),
-                "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), False)}
+    variants = {"enlarged, tracking off": (setup([F_e] * cfg.n_layer, H_e), ()),
+                "enlarged, tracking on": (setup([F_e] * cfg.n_layer, H_e), ("ffn",)),
+                "target, built at F_t": (setup([F_t] * cfg.n_layer), ()),
+                "target, compacted from F_e": (setup([F_e] * cfg.n_layer, compact_to=F_t), ())}
+    if "attn" in ip.unit_sizes(cfg):
+        variants["enlarged, tracking FFN + heads"] = (setup([F_e] * cfg.n_layer, H_e), ("ffn", "attn"))
     if cfg.compile:  # the same models, compiled (one compiled twin per width: nothing to reset between them)
         torch._dynamo.config.recompile_limit = 2 * len(variants)
         variants.update({f"{name}, compiled": ((torch.compile(m, backend=cfg.compile_backend), opt, imp), track)
@@ -516,6 +544,8 @@ def benchmark(cfg, steps=20, rounds=3):
     for name, ms in med.items():
         print(f"{name:38s} | {ms:8.1f}")
     print(f"tracking on / off:     {med['enlarged, tracking on'] / med['enlarged, tracking off']:.3f}x")
+    if "attn" in ip.unit_sizes(cfg):
+        print(f"tracking FFN + heads / FFN: {med['enlarged, tracking FFN + heads'] / med['enlarged, tracking on']:.3f}x")
     print(f"compacted / built:     {med['target, compacted from F_e'] / med['target, built at F_t']:.3f}x")
     if cfg.compile:
         for name in ("enlarged, tracking off", "target, built at F_t"):
@@ -572,15 +602,20 @@ def main(argv=None):
                     for r in results or [] for role in ("arm", "scratch", "ceiling") if role in r}
         if seeds and (not dist.is_initialized() or dist.get_rank() == 0):
             for label, by_seed in finals.items():
-                write_table(cfg, label + "_seeds", seeds_table(by_seed, paired_with(label, by_seed[seeds[0]])), [])
+                pairs, plot_dir = paired_with(label, list(by_seed[seeds[0]])), cfg.plot_dir or cfg.out_dir
+                figure = plot_seeds(by_seed, pairs, os.path.join(plot_dir, f"{label}_seeds.png"))
+                write_table(cfg, label + "_seeds", seeds_table(by_seed, pairs), [figure])
     ip.run_command(body)
 
 
 def paired_with(label, names):
-    """Whom each run of a --seeds table is compared with: its suite's reference (compare: scratch, ablation:
-    rewarmed), or in a sweep scratch at the same value; None for the reference itself."""
+    """(run, whom it is compared with) for a --seeds table: its suite's reference (compare: scratch, ablation:
+    rewarmed), or in a sweep scratch at the same value (None for the reference itself); in a sweep, also each
+    value's arm against the first value's (names[0]): the knob's own effect, paired by seed."""
     ref = {name: REFERENCE[label] if label in REFERENCE else "scratch at " + name.split(" at ")[1] for name in names}
-    return {name: None if name == r else r for name, r in ref.items()}
+    pairs = [(name, None if name == r else r) for name, r in ref.items()]
+    role = names[0].split(" at ")[0]  # the sweep's arm (its pipeline)
+    return pairs + [(name, names[0]) for name in names[1:] if label not in REFERENCE and name.startswith(role + " at ")]
 
 
 def parse_seeds(spec, sweep):
