@@ -614,11 +614,12 @@ def prune_and_compact(run, step):
     masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # still allocated
     compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
     if compacted:
-        before, before_p = shape_text(raw_model, sizes), raw_model.num_params()
+        before, before_p = mean_units(raw_model, sizes), raw_model.num_params()
         for kind in sizes:
             compact_(raw_model, run.optimizer, run.importance[kind], run.alive[kind], kind)
-        run.log.event(step, f"compacted {before} -> {shape_text(raw_model, sizes)} per layer, {fmt_params(before_p)}"
-                            f" -> {fmt_params(raw_model.num_params())} params")
+        after = mean_units(raw_model, sizes)
+        run.log.event(step, f"compacted {', '.join(f'{NAME[k]} {before[k]:g} -> {after[k]:g}' for k in sizes)} per "
+                            f"layer, {fmt_params(before_p)} -> {fmt_params(raw_model.num_params())} params")
     if step == t_end:
         run.log.event(step, f"pruning done, recovery from here: FFN widths {raw_model.ffn_widths}" +
                             f", heads {raw_model.heads}" * ("attn" in sizes))
@@ -1065,8 +1066,8 @@ def phase_of(step, cfg):
     t_p, t_end = phase_steps(cfg)
     return "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
 
-def shape_text(model, kinds):  # "FFN 400, heads 6.5": the mean per layer of each kind
-    return ", ".join(f"{NAME[k]} {np.mean([m.n_units for m in model.units(k)]):g}" for k in kinds)
+def mean_units(model, kinds):  # {"ffn": 400.0, "attn": 6.5}: the mean per layer of each kind
+    return {k: float(np.mean([m.n_units for m in model.units(k)])) for k in kinds}
 
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
