@@ -231,14 +231,14 @@ def plot_seeds(by_seed, pairs, path):
     """--seeds: each paired gap (run minus its reference), mean and standard error over the seeds, one bar each."""
     plt, pairs = figures._plt(), [(name, ref) for name, ref in pairs if ref]
     stats = [paired(seeds_gaps(by_seed, name, ref)) for name, ref in pairs]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(pairs) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(pairs) + 1.5))
     y = np.arange(len(pairs))[::-1]
     ax.barh(y, [m for m, _ in stats], xerr=[0 if math.isnan(se) else se for _, se in stats], color="#d62728",
             alpha=0.7, capsize=4)
     ax.axvline(0, color="#7f7f7f", lw=1)
     ax.set_yticks(y, [f"{name}  minus  {ref}" for name, ref in pairs], fontsize=8)
-    ax.set(xlabel=f"final val loss gap (nats), mean and standard error over seeds {', '.join(map(str, by_seed))}",
-           title="paired by seed: below 0, the run beats its reference")
+    ax.set(xlabel=f"final val loss gap (nats): mean and standard error over {len(by_seed)} seeds",
+           title="each run minus its reference, paired by seed (left of 0: the run is better)")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
