@@ -179,11 +179,15 @@ def ffn_sizes(cfg):
     m = cfg.ffn_multiple
     return cfg.ffn_hidden, m * math.ceil(round(cfg.enlarge * cfg.ffn_hidden / m, 6))
 
+def head_sizes(cfg):
+    """(H_t, H_e): heads per layer of the target and of the enlarged model, H_e = e_attn * n_head rounded up."""
+    return cfg.n_head, math.ceil(round(cfg.enlarge_attn * cfg.n_head, 6))
+
 def unit_sizes(cfg):
     """{kind: (target, enlarged) per layer} of every kind of unit a run prunes: "ffn" neurons, and "attn" heads when
-    --enlarge_attn > 1 (H_e = e_attn * n_head, rounded up). A kind is the name of a Block's module."""
-    H_e = math.ceil(round(cfg.enlarge_attn * cfg.n_head, 6))
-    return {"ffn": ffn_sizes(cfg), **({"attn": (cfg.n_head, H_e)} if H_e > cfg.n_head else {})}
+    --enlarge_attn > 1. A kind is the name of a Block's module."""
+    H_t, H_e = head_sizes(cfg)
+    return {"ffn": ffn_sizes(cfg), **({"attn": (H_t, H_e)} if H_e > H_t else {})}
 
 NAME = {"ffn": "FFN", "attn": "heads"}  # of the kinds of unit, in what a run prints
 
@@ -467,7 +471,7 @@ def layer_importance(model, x):
 def keep_at(step, cfg, kind="ffn"):
     """Units kept per layer at a step: F_e before t_p, then r(t) = r_T + (1 - r_T)(1 - (t - t_p)/T_p)^3 of F_e,
     exactly F_t = r_T * F_e from t_end = t_p + T_p on (heads alike: H_e, H_t). One-shot: a window of length 0."""
-    F_t, F_e = unit_sizes(cfg).get(kind, (cfg.n_head,) * 2)
+    F_t, F_e = ffn_sizes(cfg) if kind == "ffn" else head_sizes(cfg)
     if cfg.pruning == "none":
         return F_t
     t_p, t_end = phase_steps(cfg)
@@ -1089,8 +1093,8 @@ def mfu(flops, seconds, run):
 
 def describe(cfg):
     """Print the resolved config and the numbers derived from it, once, before anything runs."""
-    (t_p, t_end), units, L = phase_steps(cfg), unit_sizes(cfg), cfg.n_layer
-    (F_t, F_e), (H_t, H_e) = units["ffn"], units.get("attn", (cfg.n_head,) * 2)
+    (t_p, t_end), L = phase_steps(cfg), cfg.n_layer
+    (F_t, F_e), (H_t, H_e) = ffn_sizes(cfg), head_sizes(cfg)
     tps, T = tokens_per_step(cfg), cfg.max_steps
     print("config:", json.dumps(asdict(cfg), indent=1))
     with torch.device("meta"):  # parameter counts without allocating memory (the 300m preset is large)
@@ -1098,7 +1102,7 @@ def describe(cfg):
                                                                                    ("target", F_t, H_t))}
     for name, w, h in (("enlarged", F_e, H_e), ("target", F_t, H_t)):
         n, ffn_params = sizes[name], 3 * cfg.n_embd * w * L
-        print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * ("attn" in units) + f" per layer | {fmt_params(n)} "
+        print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * (H_e > H_t) + f" per layer | {fmt_params(n)} "
               f"params, FFN {fmt_params(ffn_params)} ({100 * ffn_params / n:.0f}%) | "
               f"{flops_per_token(n, cfg, [h] * L) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "

@@ -491,7 +491,7 @@ def benchmark(cfg, steps=20, rounds=3):
     ip.check_device(cfg)
     device, ctx = ip.setup_device(cfg)
     F_t, F_e = ip.ffn_sizes(cfg)
-    H_e = [ip.unit_sizes(cfg).get("attn", (cfg.n_head,) * 2)[1]] * cfg.n_layer  # the enlarged model's heads
+    H_e = [ip.head_sizes(cfg)[1]] * cfg.n_layer  # the enlarged model's heads
     x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=device)
 
     def setup(widths, heads=None, compact_to=None):  # heads per layer: n_head by default
