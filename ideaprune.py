@@ -277,44 +277,46 @@ def apply_rope(x, cos, sin):
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
-# A structured unit (an FFN neuron, an attention head) is a slice along one dim of a few matrices. Each module says
-# which, in unit_linears(): (linear, dim, chunks): its weight holds `chunks` blocks along dim (qkv: q, k and v), each
-# of n_units equal slices, one per unit. The importance, the masks and the compaction all walk over that one list.
-def unit_view(t, dim, chunks, n):
-    """t (a weight, its gradient, an AdamW moment) with the units on an axis of their own, dim + 1: (.., chunks, n, ..)."""
-    return t.unflatten(dim, (chunks, n, -1))
+# A structured unit (an FFN neuron, an attention head) is a block of unit_size consecutive rows (dim 0) or columns
+# (dim 1) of a few matrices: 1 for a neuron, head_dim for a head. Each module lists them in unit_linears() as
+# (linear, dim); the importance, the masks and the compaction all walk over that one list.
+def unit_view(t, dim, size):
+    """t (a weight, its gradient, an AdamW moment) with its units on axis dim: (units, size, d) or (d, units, size)."""
+    return t.unflatten(dim, (-1, size))
 
-def select_units(t, dim, chunks, n, idx):
-    """The slices of units idx (sorted) of t, as one tensor again: t with n - len(idx) units fewer along dim."""
-    return unit_view(t, dim, chunks, n).index_select(dim + 1, idx).flatten(dim, dim + 2)
+def select_units(t, dim, size, idx):
+    """The units idx (sorted) of t, as one matrix again: t with fewer rows (dim 0) or columns (dim 1)."""
+    return unit_view(t, dim, size).index_select(dim, idx).flatten(dim, dim + 1)
 
 class Attention(nn.Module):
-    """Causal self-attention with RoPE: n_head heads of head_dim = n_embd / cfg.n_head (an enlarged model has more
-    heads of the same size: its inner width n_head * head_dim may exceed n_embd).
-    Head h is rows [h hd, (h + 1) hd) of W_q, W_k, W_v (the 3 chunks of qkv) and those columns of W_o (proj)."""
-    def __init__(self, cfg, n_head):
+    """Causal self-attention with RoPE: `heads` heads of head_dim = n_embd / n_head (an enlarged model has more heads
+    of the same size, so its inner width heads * head_dim may exceed n_embd).
+    Head h is rows [h hd, (h + 1) hd) of W_q, W_k, W_v (heads hd, d) and those columns of W_o (d, heads hd)."""
+    def __init__(self, cfg, heads):
         super().__init__()
-        self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * n_head * self.head_dim, bias=False)
-        self.proj = nn.Linear(n_head * self.head_dim, cfg.n_embd, bias=False)
+        self.unit_size = self.head_dim = cfg.n_embd // cfg.n_head
+        self.q, self.k, self.v = (nn.Linear(cfg.n_embd, heads * self.head_dim, bias=False) for _ in range(3))
+        self.o = nn.Linear(heads * self.head_dim, cfg.n_embd, bias=False)
 
     @property
     def n_units(self):  # heads
-        return self.proj.weight.shape[1] // self.head_dim
+        return self.o.weight.shape[1] // self.head_dim
 
     def unit_linears(self):
-        return (self.qkv, 0, 3), (self.proj, 1, 1)
+        return (self.q, 0), (self.k, 0), (self.v, 0), (self.o, 1)
 
     def forward(self, x, cos, sin):
         (B, T, _), H, hd = x.shape, self.n_units, self.head_dim
-        q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in self.qkv(x).split(H * hd, dim=2))  # (B, H, T, hd)
+        q, k, v = (lin(x).view(B, T, H, hd).transpose(1, 2) for lin in (self.q, self.k, self.v))  # (B, H, T, hd)
         q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).contiguous().view(B, T, H * hd))
+        return self.o(y.transpose(1, 2).contiguous().view(B, T, H * hd))
 
 class SwiGLU(nn.Module):
     """FFN of width F: down(silu(gate(x)) * up(x)).
     Neuron j is row j of W_gate and W_up (F, d) and column j of W_down (d, F): pruning removes all three."""
+    unit_size = 1
+
     def __init__(self, d, width):
         super().__init__()
         self.gate = nn.Linear(d, width, bias=False)
@@ -326,7 +328,7 @@ class SwiGLU(nn.Module):
         return self.up.weight.shape[0]
 
     def unit_linears(self):
-        return (self.up, 0, 1), (self.gate, 0, 1), (self.down, 1, 1)
+        return (self.up, 0), (self.gate, 0), (self.down, 1)
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -355,22 +357,31 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)  # one head size, whatever the head counts
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-        # GPT-2 init: N(0, 0.02), the projections into the residual stream scaled by 1/sqrt(2 * n_layer)
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+        # GPT-2 init: N(0, 0.02), the projections into the residual stream (o, down) scaled by 1/sqrt(2 * n_layer);
+        # W_q, W_k, W_v of a layer drawn as one (3 heads hd, d) matrix and split: the numbers of a fused qkv layout
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() < 2 or name.endswith(("attn.k.weight", "attn.v.weight")):
+                    continue  # a gain (ones), or drawn with W_q
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("attn.o.weight", "down.weight")) else 0.02
+                if name.endswith("attn.q.weight"):
+                    attn = self.get_submodule(name.removesuffix(".q.weight"))
+                    qkv = torch.empty(3 * p.shape[0], p.shape[1]).normal_(0.0, std).chunk(3)
+                    for lin, w in zip((attn.q, attn.k, attn.v), qkv):
+                        lin.weight.copy_(w)
+                else:
+                    p.normal_(0.0, std)
 
-    def units(self, kind):  # the modules that hold the units of a kind ("ffn", "attn"), one per layer
-        return [getattr(b, kind) for b in self.blocks]
+    def unit_modules(self, part):  # the modules that hold a part's units ("ffn": neurons, "attn": heads), per layer
+        return [getattr(b, part) for b in self.blocks]
 
     @property
     def ffn_widths(self):
-        return [m.n_units for m in self.units("ffn")]
+        return [m.n_units for m in self.unit_modules("ffn")]
 
     @property
     def heads(self):
-        return [m.n_units for m in self.units("attn")]
+        return [m.n_units for m in self.unit_modules("attn")]
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
@@ -385,20 +396,21 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     @torch.no_grad()
-    def compact(self, survivors, kind="ffn"):
-        """Model surgery: layer l keeps only its units survivors[l] (sorted indices), as new, smaller Parameters.
-        Returns (layer, old, new, (dim, chunks, n)) for every replaced weight, so AdamW can move its state (section 7)."""
+    def compact(self, survivors, part="ffn"):
+        """Model surgery: layer l keeps only its units survivors[l] (sorted indices) of a part, as new, smaller
+        Parameters. Returns (old, new, take) for every replaced weight: take(t) slices any tensor of old's layout
+        the same way, so that AdamW can move its state (section 7)."""
         assert len(survivors) == len(self.blocks)
-        replaced = []
-        for layer, (module, idx) in enumerate(zip(self.units(kind), survivors)):
-            n = module.n_units
-            assert idx.dim() == 1 and 0 < idx.numel() <= n and int(idx.max()) < n
-            for lin, dim, chunks in module.unit_linears():  # e.g. up: (F, d), neurons on dim 0; down: (d, F), dim 1
-                new = nn.Parameter(select_units(lin.weight, dim, chunks, n, idx))
-                replaced.append((layer, lin.weight, new, (dim, chunks, n)))
-                lin.weight = new
-                setattr(lin, "out_features" if dim == 0 else "in_features", new.shape[dim])
-            assert module.n_units == idx.numel()
+        replaced, d = [], self.tok_emb.weight.shape[1]
+        for module, idx in zip(self.unit_modules(part), survivors):
+            assert idx.dim() == 1 and 0 < idx.numel() <= module.n_units and int(idx.max()) < module.n_units
+            for lin, dim in module.unit_linears():  # up, gate, q, k, v: units on dim 0 (rows); down, o: dim 1
+                take = functools.partial(select_units, dim=dim, size=module.unit_size, idx=idx)
+                replaced.append((lin.weight, nn.Parameter(take(lin.weight)), take))
+                lin.weight = replaced[-1][1]
+                setattr(lin, "out_features" if dim == 0 else "in_features", lin.weight.shape[dim])
+            n = idx.numel() * module.unit_size  # rows (dim 0) or columns (dim 1) left
+            assert all(lin.weight.shape == ((n, d) if dim == 0 else (d, n)) for lin, dim in module.unit_linears())
         return replaced
 
 # ---- 4. Learning-rate schedule: one cosine (integrated), or one per stage (restarted) -----------------------------
@@ -436,21 +448,17 @@ REDUCE = {"mean": lambda t, dim: t.mean(dim), "max": lambda t, dim: t.amax(dim),
 
 @torch.no_grad()
 def sensitivity(module, f1):
-    """I = |W * dW| of each matrix of a module's units (up, gate, down; or q, k, v, o), reduced by f1 over each
-    unit's entries: (matrices, units). |W * dW| is the first-order Taylor estimate of the loss change when the
-    weight is zeroed."""
-    scores = []
-    for lin, dim, chunks in module.unit_linears():
-        v = unit_view((lin.weight * lin.weight.grad).abs_(), dim, chunks, module.n_units)
-        scores.append(REDUCE[f1](v, [i for i in range(v.dim()) if i not in (dim, dim + 1)]))  # (chunks, units)
-    return torch.cat(scores)
+    """I = |W * dW| of each of a module's matrices (up, gate, down; or q, k, v, o), reduced by f1 over each unit's
+    entries: (matrices, units). |W * dW| is the first-order Taylor estimate of the loss change when W is zeroed."""
+    return torch.stack([REDUCE[f1](unit_view((lin.weight * lin.weight.grad).abs_(), dim, module.unit_size),
+                                   [i for i in range(3) if i != dim]) for lin, dim in module.unit_linears()])
 
 @torch.no_grad()
-def update_importance(importance, model, cfg, kind="ffn"):
+def update_importance(importance, model, cfg, part="ffn"):
     """I_bar <- lambda * I_bar + (1 - lambda) * I, on the f1-reduced vectors: importance[l] is (3, F_l) for neurons,
     the EMA of layer l's up, gate, down scores ((4, H_l) for heads). For a linear f1 (mean, sum) this is exactly the
     per-element EMA, reduced afterwards; for f1 = max the EMA of the per-step max (no weight copy)."""
-    for imp, module in zip(importance, model.units(kind)):
+    for imp, module in zip(importance, model.unit_modules(part)):
         imp.mul_(cfg.ema_beta).add_(sensitivity(module, cfg.f1).float(), alpha=1 - cfg.ema_beta)
 
 def unit_scores(importance, f2):
@@ -468,20 +476,20 @@ def layer_importance(model, x):
     return torch.stack(out)
 
 # ---- 6. Cubic keep-schedule and monotone masks --------------------------------------------------------------------
-def keep_at(step, cfg, kind="ffn"):
+def keep_at(step, cfg, part="ffn"):
     """Units kept per layer at a step: F_e before t_p, then r(t) = r_T + (1 - r_T)(1 - (t - t_p)/T_p)^3 of F_e,
     exactly F_t = r_T * F_e from t_end = t_p + T_p on (heads alike: H_e, H_t). One-shot: a window of length 0."""
-    F_t, F_e = ffn_sizes(cfg) if kind == "ffn" else head_sizes(cfg)
+    target, enlarged = ffn_sizes(cfg) if part == "ffn" else head_sizes(cfg)
     if cfg.pruning == "none":
-        return F_t
+        return target
     t_p, t_end = phase_steps(cfg)
     if step < t_p:
-        return F_e
+        return enlarged
     if step >= t_end:
-        return F_t
-    r_T = F_t / F_e
+        return target
+    r_T = target / enlarged
     r = r_T + (1 - r_T) * (1 - (step - t_p) / (t_end - t_p)) ** 3
-    return min(F_e, max(F_t, round(r * F_e)))
+    return min(enlarged, max(target, round(r * enlarged)))
 
 # When the masks and the importance change, relative to each other (the contract the loop in section 8 keeps):
 #  - the importance is tracked in the steps [t_p - ema_warmup, t_end): after each of those steps' backward pass;
@@ -498,22 +506,19 @@ def is_prune_step(step, cfg):
     return cfg.pruning != "none" and t_p <= step <= t_end and ((step - t_p) % cfg.prune_every == 0 or step == t_end)
 
 @torch.no_grad()
-def zero_units_(model, optimizer, dead, kind="ffn"):
-    """Zero the weights AND the AdamW moments of dead units. With a neuron's gate and up rows at zero its activation
-    silu(0) * 0 is 0, so all three of its gradients are exactly 0. With a head's v rows at zero its output is 0,
-    and with its o columns at zero so is the gradient that reaches it: dW_o = dy^T (its output) = 0, and dv, dq, dk
-    all carry dy W_o = 0. Adam's update 0 / (0 + eps) is 0 and decoupled weight decay keeps 0 at 0: a pruned unit
-    stays pruned with no mask in the forward pass."""
-    for module, d in zip(model.units(kind), dead):
+def zero_units_(model, optimizer, dead, part="ffn"):
+    """Zero the weights AND the AdamW moments of dead units. A neuron with zero gate and up rows outputs
+    silu(0) * 0 = 0; a head with zero v rows outputs 0, and its zero o columns pass it no gradient. So all their
+    gradients are 0, Adam's update 0 / (0 + eps) is 0, weight decay keeps 0 at 0: they stay pruned, with no mask."""
+    for module, d in zip(model.unit_modules(part), dead):
         idx = d.nonzero().squeeze(1)
-        if idx.numel():
-            for lin, dim, chunks in module.unit_linears():
-                state = optimizer.state.get(lin.weight, {})
-                for t in [lin.weight] + [state[m] for m in ("exp_avg", "exp_avg_sq") if m in state]:
-                    unit_view(t, dim, chunks, module.n_units).index_fill_(dim + 1, idx, 0.0)
+        for lin, dim in module.unit_linears() if idx.numel() else ():
+            state = optimizer.state.get(lin.weight, {})
+            for t in [lin.weight] + [state[m] for m in ("exp_avg", "exp_avg_sq") if m in state]:
+                unit_view(t, dim, module.unit_size).index_fill_(dim, idx, 0.0)
 
 @torch.no_grad()
-def prune_(model, optimizer, importance, alive, k, cfg, kind="ffn", layer_imp=None):
+def prune_(model, optimizer, importance, alive, k, cfg, part="ffn", layer_imp=None):
     """Shrink the alive masks to the k best units per layer (ranking "layer"), the k * n_layer best overall (ranking
     "global"), or per layer a count set by its layer importance (ranking "adaptive", Adapt-Pruner: layer l keeps
     ~k (1 + A z_l) units, z_l = (I_l - mean I) / (max I - min I) in [-1, 1], summing to 0, so the counts sum to
@@ -538,27 +543,24 @@ def prune_(model, optimizer, importance, alive, k, cfg, kind="ffn", layer_imp=No
         survivors = [top[(top >= lo) & (top < hi)] - lo for lo, hi in zip(offsets[:-1], offsets[1:])]
     new_alive = [torch.zeros_like(a).index_fill_(0, idx, True) for a, idx in zip(alive, survivors)]
     dead = [a & ~n for a, n in zip(alive, new_alive)]
-    zero_units_(model, optimizer, dead, kind)
+    zero_units_(model, optimizer, dead, part)
     alive[:] = new_alive
     return sum(int(d.sum()) for d in dead)
 
 # ---- 7. Compaction: slice pruned units out of the weights and the AdamW state -------------------------------------
 @torch.no_grad()
-def compact_(model, optimizer, importance, alive, kind="ffn"):
-    """Physically remove masked units: rows of W_up / W_gate and columns of W_down (or a head's rows of W_q, W_k,
-    W_v and columns of W_o), the same entries of AdamW's exp_avg and exp_avg_sq (its step counter is kept), and of
-    the importance EMA. Afterwards the model is exactly a model built at the smaller sizes: same outputs as the
-    masked one, same speed as a fresh one."""
+def compact_(model, optimizer, importance, alive, part="ffn"):
+    """Physically remove masked units: a neuron's rows of W_up, W_gate and column of W_down (a head's rows of W_q,
+    W_k, W_v and columns of W_o), the same entries of AdamW's exp_avg and exp_avg_sq (its step counter is kept), and
+    of the importance EMA. Afterwards the model is exactly a model built at the smaller sizes."""
     survivors = [a.nonzero().squeeze(1) for a in alive]
-    replaced = model.compact(survivors, kind)
-    new_of = {id(old): new for _, old, new, _ in replaced}
-    for layer, old, new, where in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced
+    replaced = model.compact(survivors, part)
+    for old, new, take in replaced:  # AdamW keys its state by Parameter: move it to the new one, sliced alike
         state = optimizer.state.pop(old, {})
-        for m in ("exp_avg", "exp_avg_sq"):
-            if m in state:
-                state[m] = select_units(state[m], *where, survivors[layer])
+        state.update({m: take(state[m]) for m in ("exp_avg", "exp_avg_sq") if m in state})
         if state:
             optimizer.state[new] = state
+    new_of = {id(old): new for old, new, _ in replaced}
     for group in optimizer.param_groups:
         group["params"] = [new_of.get(id(p), p) for p in group["params"]]
     importance[:] = [imp[:, idx] for imp, idx in zip(importance, survivors)]  # the survivors' scores, not a prefix
@@ -581,15 +583,15 @@ class Run:
     data: Data
     raw_model: GPT                    # the plain model: surgery, importance, checkpoints (train's `model` wraps it)
     optimizer: torch.optim.Optimizer  # the one AdamW of the whole run, never reset
-    importance: dict                  # {kind: per layer (3, F_l)}: EMAs of up, gate, down scores (heads: q, k, v, o)
-    alive: dict                       # {kind: per layer (F_l,) bool}: monotone masks (section 6)
+    importance: dict                  # {part: per layer (3, F_l)}: EMAs of up, gate, down scores (heads: q, k, v, o)
+    alive: dict                       # {part: per layer (F_l,) bool}: monotone masks (section 6)
     progress: dict                    # tokens, FLOPs per phase, wall time; "step": where this run started
     log: object = None                # the RunLog (section 12): log.jsonl and the printed lines
     last_ckpt: int = None             # the step of the newest checkpoint on disk (written or resumed from)
     rank: int = 0                     # this process under torchrun (0 alone), and the number of processes
     world: int = 1
     accum: int = 1                    # this rank's micro-steps per step: grad_accum / world
-    n_alive: dict = None              # alive units per kind per layer, counted on prune steps only (no sync per step)
+    n_alive: dict = None              # alive units per part per layer, counted on prune steps only (no sync per step)
     t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
     peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
     sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
@@ -598,7 +600,7 @@ class Run:
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 def prune_and_compact(run, step):
-    """A prune step (section 6's contract): masks down to keep_at(step) units of each kind per layer, then compaction
+    """A prune step (section 6's contract): masks down to keep_at(step) units of each part per layer, then compaction
     (section 7) once compact_frac of a layer is masked, and always at t_end. True when it replaced Parameters."""
     cfg, raw_model = run.cfg, run.raw_model
     sizes, (t_p, t_end) = unit_sizes(cfg), phase_steps(cfg)
@@ -611,16 +613,16 @@ def prune_and_compact(run, step):
         with run.ctx:
             x = run.data.batch("train", torch.Generator().manual_seed(cfg.seed + 1))[0]
             layer_imp = layer_importance(raw_model, x)
-    for kind in sizes:  # every rank ranks the same all-reduced importance: all keep the same units (the DDP test)
-        prune_(raw_model, run.optimizer, run.importance[kind], run.alive[kind], keep_at(step, cfg, kind), cfg, kind,
+    for part in sizes:  # every rank ranks the same all-reduced importance: all keep the same units (the DDP test)
+        prune_(raw_model, run.optimizer, run.importance[part], run.alive[part], keep_at(step, cfg, part), cfg, part,
                layer_imp)
-    run.n_alive = {kind: [int(a.sum()) for a in alive] for kind, alive in run.alive.items()}
+    run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
     masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # still allocated
     compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
     if compacted:
         before, before_p = mean_units(raw_model, sizes), raw_model.num_params()
-        for kind in sizes:
-            compact_(raw_model, run.optimizer, run.importance[kind], run.alive[kind], kind)
+        for part in sizes:
+            compact_(raw_model, run.optimizer, run.importance[part], run.alive[part], part)
         after = mean_units(raw_model, sizes)
         run.log.event(step, f"compacted {', '.join(f'{NAME[k]} {before[k]:g} -> {after[k]:g}' for k in sizes)} per "
                             f"layer, {fmt_params(before_p)} -> {fmt_params(raw_model.num_params())} params")
@@ -649,8 +651,8 @@ def train_step(run, model, step):
         (loss / run.accum).backward()
         loss_sum += loss.detach()
     if tracks_importance(step, cfg):  # the accumulated gradient (all-reduced: the same on every rank), unclipped
-        for kind, importance in run.importance.items():
-            update_importance(importance, run.raw_model, cfg, kind)
+        for part, importance in run.importance.items():
+            update_importance(importance, run.raw_model, cfg, part)
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
     # the step's one host sync: its loss, the norm, and whether a stop signal came (summed over ranks under DDP)
     stats = torch.stack([loss_sum / run.accum, norm.float(), loss_sum.new_full((), float(run.signal is not None))])
@@ -733,13 +735,13 @@ def start_run(cfg, resume, overwrite=False, given=None):
     log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
     if rank == 0:
         describe(cfg)
-    start = {kind: [t if cfg.pruning == "none" else e] * cfg.n_layer for kind, (t, e) in unit_sizes(cfg).items()}
+    start = {part: [t if cfg.pruning == "none" else e] * cfg.n_layer for part, (t, e) in unit_sizes(cfg).items()}
     torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
     sizes = (ckpt["widths"], ckpt["heads"]) if ckpt else (start["ffn"], start.get("attn"))  # per layer
     raw_model = GPT(cfg, *sizes).to(device)
-    units = {kind: raw_model.units(kind) for kind in start}  # the kinds pruned: ffn, and attn with --enlarge_attn
+    units = {part: raw_model.unit_modules(part) for part in start}  # the kinds pruned: ffn, and attn with --enlarge_attn
     run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, make_optimizer(raw_model, cfg, device),
-              importance={k: [torch.zeros(sum(c for *_, c in m.unit_linears()), m.n_units, device=device) for m in ms]
+              importance={k: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
                           for k, ms in units.items()},  # a row per matrix: up, gate, down; q, k, v, o
               alive={k: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for k, ms in units.items()},
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
@@ -747,7 +749,7 @@ def start_run(cfg, resume, overwrite=False, given=None):
               log=log, rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
     if ckpt:
         restore_checkpoint(run, ckpt)
-    run.n_alive = {kind: [int(a.sum()) for a in alive] for kind, alive in run.alive.items()}
+    run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
     if world > 1:
         run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
     if ckpt:
@@ -821,7 +823,7 @@ def catch_stop_signals(run):
     return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
 # ---- 10. Checkpoints: tensors and plain types only, written atomically --------------------------------------------
-CKPT_VERSION = 2  # raise it when the layout below changes: --resume refuses a checkpoint newer than it knows
+CKPT_VERSION = 3  # raise it when the layout below changes (and upgrade the older ones in upgrade_checkpoint)
 CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
 
 def ckpt_path(out_dir):
@@ -913,13 +915,40 @@ def read_checkpoint(path):
             raise ValueError(f"it was written by a newer ideaprune (checkpoint version {ckpt['version']}, "
                              f"this one reads up to {CKPT_VERSION})")
         Config(**ckpt["config"])  # a knob this version does not know: from another version
-        if ckpt.get("version", 1) == 1:  # FFN neurons were the only unit: every layer has n_head heads
-            ckpt.update(heads=[ckpt["config"]["n_head"]] * ckpt["config"]["n_layer"],
-                        importance={"ffn": ckpt["importance"]}, alive={"ffn": ckpt["alive"]})
+        upgrade_checkpoint(ckpt)
     except Exception as e:
         raise ConfigError(f"{path} is not a checkpoint this ideaprune can resume ({type(e).__name__}: {e}). It was "
                           f"left as it was: restore it from a copy, or start a new run in another --out_dir") from None
     return ckpt
+
+def upgrade_checkpoint(ckpt):
+    """An older checkpoint in this version's layout, in memory (its file stays as it was). Version 1 pruned FFN
+    neurons only. Versions 1 and 2 held W_q, W_k, W_v as one matrix, attn.qkv (q's rows, then k's, then v's), and
+    W_o as attn.proj: their weights and AdamW moments are split in three, and AdamW's numbering follows."""
+    version, cfg, model, opt = ckpt.get("version", 1), ckpt["config"], ckpt["model"], ckpt["optimizer"]
+    if version == 1:
+        ckpt.update(heads=[cfg["n_head"]] * cfg["n_layer"], importance={"ffn": ckpt["importance"]},
+                    alive={"ffn": ckpt["alive"]})
+    if version <= 2:
+        def split(name, t):  # [(new name, tensor)]
+            if ".attn.qkv." in name:
+                return [(name.replace(".qkv.", f".{n}."), c.clone()) for n, c in zip("qkv", t.chunk(3))]
+            return [(name.replace(".attn.proj.", ".attn.o."), t)]
+        names = [n for n in model if n != "lm_head.weight"]  # the Parameters (the tied matrix once), in AdamW's
+        names = [n for n in names if model[n].dim() > 1] + [n for n in names if model[n].dim() == 1]  # numbering
+        numbers, state, count = {}, {}, 0
+        for i, name in enumerate(names):  # old number i -> its new numbers
+            numbers[i] = list(range(count, count + len(split(name, model[name]))))
+            count += len(numbers[i])
+            old = opt["state"].get(i, {})
+            moments = {m: [t for _, t in split(name, old[m])] for m in ("exp_avg", "exp_avg_sq") if m in old}
+            for j, n in enumerate(numbers[i] if old else ()):
+                state[n] = {"step": old["step"].clone(), **{m: parts[j] for m, parts in moments.items()}}
+        opt["state"] = state
+        for group in opt["param_groups"]:
+            group["params"] = [n for i in group["params"] for n in numbers[i]]
+        ckpt["model"] = dict(pair for name, t in model.items() for pair in split(name, t))
+    ckpt["version"] = CKPT_VERSION
 
 def restore_checkpoint(run, ckpt):
     """Load a checkpoint's state into a run built at the checkpoint's widths: exactly where it stopped."""
@@ -940,9 +969,9 @@ def load_model(path, device="cpu"):
     cfg = Config(**ckpt["config"])
     model = GPT(cfg, ckpt["widths"], ckpt["heads"])
     model.load_state_dict(ckpt["model"])
-    for kind, alive in ckpt["alive"].items():
+    for part, alive in ckpt["alive"].items():
         if not all(a.all() for a in alive):
-            model.compact([a.nonzero().squeeze(1) for a in alive], kind)
+            model.compact([a.nonzero().squeeze(1) for a in alive], part)
     return model.to(device), cfg
 
 # ---- 11. Evaluation, sampling, export -----------------------------------------------------------------------------
@@ -1031,10 +1060,9 @@ def export_hf(model, cfg, out_dir, overwrite=False):
     weights = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
     for i, block in enumerate(model.blocks):
         pre, pad, pad_h = f"model.layers.{i}.", width - block.ffn.n_units, (H - block.attn.n_units) * hd
-        q, k, v = (F.pad(w, (0, 0, 0, pad_h)) for w in block.attn.qkv.weight.chunk(3))  # (H hd, d) each
-        weights.update({pre + "self_attn.q_proj.weight": q, pre + "self_attn.k_proj.weight": k,
-                        pre + "self_attn.v_proj.weight": v,
-                        pre + "self_attn.o_proj.weight": F.pad(block.attn.proj.weight, (0, pad_h)),  # (d, H hd)
+        weights.update({pre + f"self_attn.{n}_proj.weight": F.pad(getattr(block.attn, n).weight, (0, 0, 0, pad_h))
+                        for n in "qkv"})  # (H hd, d) each
+        weights.update({pre + "self_attn.o_proj.weight": F.pad(block.attn.o.weight, (0, pad_h)),  # (d, H hd)
                         pre + "input_layernorm.weight": block.attn_norm.weight,
                         pre + "post_attention_layernorm.weight": block.ffn_norm.weight,
                         pre + "mlp.gate_proj.weight": F.pad(block.ffn.gate.weight, (0, 0, 0, pad)),  # (F, d)
@@ -1071,7 +1099,7 @@ def phase_of(step, cfg):
     return "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
 
 def mean_units(model, kinds):  # {"ffn": 400.0, "attn": 6.5}: the mean per layer of each kind
-    return {k: float(np.mean([m.n_units for m in model.units(k)])) for k in kinds}
+    return {k: float(np.mean([m.n_units for m in model.unit_modules(k)])) for k in kinds}
 
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
@@ -1179,7 +1207,7 @@ def flops_left(run, step):
     """Training FLOPs of the steps after this one, at the sizes the keep-schedule gives them: for the ETA."""
     cfg, model, L = run.cfg, run.raw_model, run.cfg.n_layer
     per = {"ffn": 3 * cfg.n_embd, "attn": 4 * cfg.n_embd * (cfg.n_embd // cfg.n_head)}  # parameters per unit
-    fixed = model.num_params() - sum(p * sum(m.n_units for m in model.units(k)) for k, p in per.items())
+    fixed = model.num_params() - sum(p * sum(m.n_units for m in model.unit_modules(k)) for k, p in per.items())
     return tokens_per_step(cfg) * sum(flops_per_token(fixed + L * sum(p * keep_at(s, cfg, k) for k, p in per.items()),
                                                       cfg, [keep_at(s, cfg, "attn")] * L)
                                       for s in range(step + 1, cfg.max_steps))

@@ -138,7 +138,7 @@ def test_oneshot_reaches_target_in_one_step():
 
 
 def neuron_weights(ffn):  # (weight, the dim that indexes neurons) of up, gate, down
-    return [(lin.weight, dim) for lin, dim, _ in ffn.unit_linears()]
+    return [(lin.weight, dim) for lin, dim in ffn.unit_linears()]
 
 
 # ---- 5. importance ------------------------------------------------------------------------------------------------
@@ -212,9 +212,9 @@ def test_ranking_layer_gives_equal_widths_global_follows_the_scores(ranking):
         assert 1 <= widths[0] < F_t < widths[1]  # the less important layer gives up neurons, but never all
 
 
-def unit_index(idx, n, size, chunks):
-    """The rows (or columns) that units idx own in a matrix of `chunks` blocks of n units of `size` each, by hand."""
-    return torch.cat([c * n * size + (idx[:, None] * size + torch.arange(size)).flatten() for c in range(chunks)])
+def unit_index(idx, size):
+    """The rows (or columns) that units idx own in a matrix of units of `size` rows (columns) each, by hand."""
+    return (idx[:, None] * size + torch.arange(size)).flatten()
 
 
 @pytest.mark.parametrize("kind,keep", [("ffn", 80), ("attn", 3)])
@@ -232,7 +232,7 @@ def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
     importance = [torch.rand(rows, n) for _ in alive]
     importance_c, alive_c = [imp.clone() for imp in importance], [a.clone() for a in alive]
     ip.compact_(compacted, opt_c, importance_c, alive_c, kind)
-    assert [m.n_units for m in compacted.units(kind)] == [keep] * cfg.n_layer and all(a.all() for a in alive_c)
+    assert [m.n_units for m in compacted.unit_modules(kind)] == [keep] * cfg.n_layer and all(a.all() for a in alive_c)
     for imp_c, imp, a in zip(importance_c, importance, alive):  # the survivors' own scores move with them
         assert torch.equal(imp_c, imp[:, a])
     # the optimizer now holds exactly the model's Parameters: the new ones, not the replaced ones
@@ -246,10 +246,10 @@ def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
     torch.testing.assert_close(compacted._logits, masked._logits, atol=1e-5, rtol=1e-5)
-    for mm, mc, a in zip(masked.units(kind), compacted.units(kind), alive):
-        for (lm, dim, chunks), (lc, _, _) in zip(mm.unit_linears(), mc.unit_linears()):
-            wm, wc, size = lm.weight, lc.weight, lm.weight.shape[dim] // (chunks * n)
-            idx, gone = (unit_index(i.nonzero().squeeze(1), n, size, chunks) for i in (a, ~a))
+    for mm, mc, a in zip(masked.unit_modules(kind), compacted.unit_modules(kind), alive):
+        for (lm, dim), (lc, _) in zip(mm.unit_linears(), mc.unit_linears()):
+            wm, wc = lm.weight, lc.weight
+            idx, gone = (unit_index(i.nonzero().squeeze(1), mm.unit_size) for i in (a, ~a))
             torch.testing.assert_close(wc, wm.index_select(dim, idx), atol=1e-6, rtol=1e-5)
             assert wm.index_select(dim, gone).abs().sum() == 0  # pruned stay exactly zero
             for k in ("exp_avg", "exp_avg_sq"):
@@ -257,7 +257,7 @@ def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
                                            rtol=1e-4, atol=1e-12)  # exp_avg_sq is ~1e-8: a relative tolerance
             assert int(opt_c.state[wc]["step"]) == int(opt_m.state[wm]["step"]) == 5  # the step counter is kept
     other = {"ffn": "attn", "attn": "ffn"}[kind]
-    for pm, pc in zip(masked.units(other)[0].parameters(), compacted.units(other)[0].parameters()):
+    for pm, pc in zip(masked.unit_modules(other)[0].parameters(), compacted.unit_modules(other)[0].parameters()):
         torch.testing.assert_close(pc, pm, atol=1e-6, rtol=1e-5)  # the rest of the model took the same step
 
 
@@ -278,16 +278,16 @@ def test_head_scores_match_hand_computation():
     cfg = ip.validate(ip.make_config("tiny", enlarge_attn=2.0, ema_beta=0.3))
     torch.manual_seed(0)
     model, hd = ip.GPT(cfg, [64, 64], [4, 3]), cfg.n_embd // cfg.n_head
-    for attn in model.units("attn"):
-        for lin in (attn.qkv, attn.proj):
+    for attn in model.unit_modules("attn"):
+        for lin in (attn.q, attn.k, attn.v, attn.o):
             lin.weight.grad = torch.randn_like(lin.weight)
     ema = [torch.zeros(4, h) for h in model.heads]
     ip.update_importance(ema, model, cfg, "attn")
-    for layer, attn in enumerate(model.units("attn")):
-        H, (qkv, o) = attn.n_units, ((lin.weight * lin.weight.grad).abs().detach() for lin in (attn.qkv, attn.proj))
-        for h in range(H):
+    for layer, attn in enumerate(model.unit_modules("attn")):
+        q, k, v, o = ((lin.weight * lin.weight.grad).abs().detach() for lin in (attn.q, attn.k, attn.v, attn.o))
+        for h in range(attn.n_units):
             rows = slice(h * hd, (h + 1) * hd)
-            per_matrix = [float(qkv[c * H * hd:(c + 1) * H * hd][rows].mean()) for c in range(3)] + [float(o[:, rows].mean())]
+            per_matrix = [float(w[rows].mean()) for w in (q, k, v)] + [float(o[:, rows].mean())]
             assert ema[layer][:, h].tolist() == pytest.approx([(1 - cfg.ema_beta) * p for p in per_matrix], rel=1e-5)
             assert float(ip.unit_scores(ema, "max")[layer][h]) == pytest.approx((1 - cfg.ema_beta) * max(per_matrix))
 
@@ -300,7 +300,7 @@ def test_adaptive_ranking_gives_layers_that_change_their_input_more_units():
     summing to k * n_layer; units inside a layer picked by something other than their scores; cos of the wrong pair."""
     cfg, model, opt = trained_tiny_model(n_layer=4, ranking="adaptive", adapt_amp=0.8)
     with torch.no_grad():
-        model.blocks[2].attn.proj.weight.zero_()
+        model.blocks[2].attn.o.weight.zero_()
         model.blocks[2].ffn.down.weight.zero_()
     x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size))
     imp = ip.layer_importance(model, x)
@@ -457,7 +457,7 @@ def test_planted_heads_survive(byte_data, tmp_path):
     ip.train(cfg, resume=True, stop_after=t_end - 1)  # the last step before the compaction
     ckpt, hd = load_ckpt(cfg), cfg.n_embd // cfg.n_head
     for layer, d in enumerate(dead):
-        assert ckpt["model"][f"blocks.{layer}.attn.proj.weight"][:, d.repeat_interleave(hd)].abs().sum() == 0
+        assert ckpt["model"][f"blocks.{layer}.attn.o.weight"][:, d.repeat_interleave(hd)].abs().sum() == 0
         assert torch.equal(ckpt["alive"]["attn"][layer], ~d)
     assert ip.train(cfg, resume=True)["heads"] == [H_t] * cfg.n_layer
 
@@ -754,7 +754,7 @@ def test_flops_per_token_and_mfu_by_hand():
     cfg = ip.make_config("tiny")
     d, L, F, V, T = 32, 2, 64, 256, 32
     assert (cfg.n_embd, cfg.n_layer, cfg.ffn_hidden, cfg.vocab_size, cfg.block_size) == (d, L, F, V, T)
-    per_layer = 3 * d * d + d * d + 3 * d * F + 2 * d  # qkv, proj, up/gate/down, two RMSNorm gains
+    per_layer = 3 * d * d + d * d + 3 * d * F + 2 * d  # q, k, v, o, up/gate/down, two RMSNorm gains
     n = V * d + L * per_layer + d  # tied embedding (counted once), blocks, final norm
     assert ip.GPT(cfg, [F] * L).num_params() == n == 28_832
     assert ip.flops_per_token(n, cfg) == 6 * 28_832 + 12 * 2 * 32 * 32 == 197_568
@@ -837,6 +837,45 @@ def test_a_version_1_checkpoint_still_loads_and_resumes(byte_data, tmp_path):
     resumed = ip.train(cfg, resume=True)
     torch.save(new, path)
     assert ip.train(cfg, resume=True)["val_loss"] == resumed["val_loss"]
+
+
+class FusedAttention(torch.nn.Module):
+    """The attention of checkpoint versions 1 and 2: W_q, W_k, W_v as one matrix qkv (q's rows, then k's, then v's),
+    W_o named proj; what they computed, to write such a checkpoint from a real run."""
+    def __init__(self, cfg, heads):
+        super().__init__()
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = torch.nn.Linear(cfg.n_embd, 3 * heads * self.head_dim, bias=False)
+        self.proj = torch.nn.Linear(heads * self.head_dim, cfg.n_embd, bias=False)
+
+    n_units = property(lambda self: self.proj.weight.shape[1] // self.head_dim)
+
+    def forward(self, x, cos, sin):
+        (B, T, _), H, hd = x.shape, self.n_units, self.head_dim
+        q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in self.qkv(x).split(H * hd, dim=2))
+        q, k = ip.apply_rope(q, cos[:T], sin[:T]), ip.apply_rope(k, cos[:T], sin[:T])
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, H * hd))
+
+
+def test_a_version_2_checkpoint_with_a_fused_qkv_loads_and_resumes(byte_data, tmp_path, monkeypatch):
+    """A run of the fused layout (version 2) stopped in its pruning window, in the middle of its AdamW state, resumes
+    under this version to the end the fused run reached uninterrupted (the three products round differently from
+    the one: within 1e-4), and loads and exports as a model whose logits are the fused model's.
+    Mutations caught: q, k, v taken in another order; an AdamW moment left whole or numbered off; proj not renamed."""
+    cfg = tiny(byte_data, tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(ip, "Attention", FusedAttention)
+        fused_end = ip.train(replace(cfg, out_dir=str(tmp_path / "straight")))["val_loss"]
+        ip.train(cfg, stop_after=24)
+        fused = ip.GPT(cfg, *(lambda c: (c["widths"], c["heads"]))(load_ckpt(cfg)))
+    old = {**load_ckpt(cfg), "version": 2}
+    fused.load_state_dict(old["model"])
+    torch.save(old, os.path.join(cfg.out_dir, "ckpt.pt"))
+    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    torch.testing.assert_close(model(x)[0], fused.eval()(x)[0], atol=1e-5, rtol=1e-5)
+    assert ip.train(cfg, resume=True)["val_loss"] == pytest.approx(fused_end, abs=1e-4)
 
 
 def test_one_run_per_out_dir_and_no_stale_lock(byte_data, tmp_path):
