@@ -1737,8 +1737,14 @@ def test_seeds_pair_each_seeds_runs(byte_data, tmp_path):
     mean, se = rp.paired(gaps)
     assert se == pytest.approx(abs(gaps[0] - gaps[1]) / 2)  # std(ddof=1) of two values / sqrt(2)
     table = (out / "ablation_seeds_results.md").read_text()
+    t, p = rp.t_test(gaps)  # one degree of freedom: p = 1 - 2 atan(|t|) / pi (Cauchy)
+    assert t == pytest.approx(mean / se) and p == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi)
     assert (f"| resumed | {finals[5]['resumed']['val_loss']:.4f} | {finals[6]['resumed']['val_loss']:.4f} | rewarmed "
-            f"| {mean:+.4f} | {se:.4f} | {sum(g < 0 for g in gaps)} of 2 |") in table
+            f"| {mean:+.4f} | {se:.4f} | {t:+.2f} | {p:.3f} | {sum(g < 0 for g in gaps)} of 2 |") in table
+    for df, t_crit, alpha in ((4, 2.776, 0.05), (4, 4.604, 0.01), (5, 2.571, 0.05), (9, 3.250, 0.01)):  # t tables
+        x = np.r_[np.ones(df // 2 + 1), -np.ones(df - df // 2)]  # df + 1 gaps with mean 0, then shifted to t_crit
+        x = x - x.mean() + t_crit * np.std(x, ddof=1) / math.sqrt(df + 1)
+        assert rp.t_test(list(x))[1] == pytest.approx(alpha, abs=2e-4)
     assert os.path.getsize(out / "ablation_seeds.png") > 0  # and the gaps' figure
     names = ["integrated at enlarge_attn=1.0", "scratch at enlarge_attn=1.0", "integrated at enlarge_attn=2.0",
              "scratch at enlarge_attn=2.0"]  # a sweep's: each run against scratch, and against the first value's arm

@@ -203,10 +203,30 @@ def paired(gaps):
     return float(np.mean(gaps)), float(se)
 
 
-def gap_cells(gaps):
-    """' -0.0200 | 0.0058 | 3 of 3 |': the mean paired gap, its SE, and in how many seeds it is negative (better)."""
+def t_test(gaps):
+    """(t, two-sided p) of a paired t-test of gaps paired by seed against 0, with n - 1 degrees of freedom: Student's
+    t distribution in closed form for whole degrees of freedom (Abramowitz and Stegun 26.7.3, 26.7.4)."""
     mean, se = paired(gaps)
-    return f" {mean:+.4f} | {se:.4f} | {sum(g < 0 for g in gaps)} of {len(gaps)} |"
+    df, t = len(gaps) - 1, mean / se if se > 0 else math.copysign(math.inf, mean)
+    if df < 1 or math.isnan(t):
+        return math.nan, math.nan
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0  # total: the series in cos^2, from its first term 1
+    for k in range(1, (df - 1) // 2 if df % 2 else df // 2):
+        term *= c2 * ((2 * k) / (2 * k + 1) if df % 2 else (2 * k - 1) / (2 * k))
+        total += term
+    if df % 2:  # odd: P(|T| < t) = 2/pi (theta + sin cos * series); for 1 degree of freedom the series is empty
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+    else:
+        inside = math.sin(theta) * total
+    return t, max(0.0, 1.0 - inside)
+
+
+def gap_cells(gaps):
+    """' -0.0200 | 0.0058 | -3.45 | 0.075 | 3 of 3 |': the mean paired gap, its SE, the paired t and its two-sided p,
+    and in how many seeds it is negative (the run better)."""
+    (mean, se), (t, p) = paired(gaps), t_test(gaps)
+    return f" {mean:+.4f} | {se:.4f} | {t:+.2f} | {p:.3f} | {sum(g < 0 for g in gaps)} of {len(gaps)} |"
 
 
 def seeds_gaps(by_seed, name, ref):
@@ -218,12 +238,12 @@ def seeds_table(by_seed, pairs):
     """--seeds: one row per (run, reference) pair (a run: a pipeline, or a sweep's role at a value), the run's final
     val loss by seed, and its gap to the reference paired by seed: mean, SE, seeds where it is lower."""
     seeds = list(by_seed)
-    rows = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | minus | mean gap | SE | better in |",
-            "|---" * (len(seeds) + 5) + "|"]
+    rows = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | minus | mean gap | SE | t | p | better in |",
+            "|---" * (len(seeds) + 7) + "|"]
     for name, ref in pairs:
         losses = [by_seed[s][name]["val_loss"] for s in seeds]
         rows.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in losses) + f" | {ref or ''} |" +
-                    (gap_cells(seeds_gaps(by_seed, name, ref)) if ref else " | | | |"))
+                    (gap_cells(seeds_gaps(by_seed, name, ref)) if ref else " | | | | | |"))
     return "\n".join(rows) + "\n"
 
 
