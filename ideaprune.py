@@ -24,13 +24,14 @@ Files (this one runs alone, copied anywhere; the others are imported only where 
   ideaprune.py             sections 1-8: the method and its loop; 9-14: what makes it a real training script
   data/*/prepare.py        token files: shakespeare (the default, prepared on first use), fineweb_edu (300m)
   data/hellaswag/          prepare.py fetches HellaSwag; eval.py scores it as lm-eval does (called on GPT-2 data)
-  data/hf_tokenizer.py     the tokenizer files of --export_hf; data/gpt2_vocab.py: GPT-2's vocabulary offline
+  data/hf_export.py        --export_hf: a Hugging Face folder; data/gpt2_vocab.py: GPT-2's vocabulary offline
   plots/figures.py         a run's figure from its log.jsonl (drawn at the end of a run when it is here)
   plots/reproduce.py       the paper's figures from many runs: --compare, --ablation, --sweep; and --bench
   test_ideaprune.py        pytest on CPU: parity checks and real tiny runs
 """
 import argparse
 import datetime
+import errno
 import fcntl
 import functools
 import importlib.util
@@ -40,7 +41,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +70,7 @@ class Config:
     # data
     dataset: str = "shakespeare"     # folder under data/ holding train.bin, val.bin (uint16) and meta.json
     data_dir: str = ""               # read the data from here instead of data/<dataset>
+    tokenizer: str = ""              # bytes | gpt2: what the token ids are; empty = what the data's meta.json says
     batch_size: int = 32             # sequences per micro-step
     grad_accum: int = 1              # micro-steps per optimizer step
     block_size: int = 128            # context length in tokens
@@ -164,7 +165,8 @@ PIPELINES = {                          # (pruning, lr_schedule)
     "rewarmed": ("oneshot", "rewarm"),        # ablation: the same pruned start, recovery with a fresh warmup + cosine
 }
 # The values a text knob may take: argparse offers them as choices, and validate checks them.
-CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"),
+CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"), "tokenizer": ("",
+           "bytes", "gpt2"),
            "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
            "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"), "dtype": ("auto", "float32", "bfloat16"),
            "compile_backend": ("inductor", "aot_eager", "eager")}
@@ -215,9 +217,15 @@ def flops_per_token(n_params, cfg, heads=None):
 def dataset_path(cfg):
     return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
 
-def tokenizer_kind(cfg):
-    meta_path = os.path.join(dataset_path(cfg), "meta.json")
-    return json.load(open(meta_path)).get("tokenizer", "bytes") if os.path.exists(meta_path) else "bytes"
+def read_meta(cfg):  # what the data's prepare.py recorded in its meta.json ({} without one)
+    path = os.path.join(dataset_path(cfg), "meta.json")
+    try:
+        return json.load(open(path)) if os.path.isfile(path) else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not JSON: prepare the data again") from None
+
+def tokenizer_kind(cfg):  # a run's own (its checkpoints name it), else its data's
+    return cfg.tokenizer or read_meta(cfg).get("tokenizer", "bytes")
 
 def tokenizer(cfg):
     """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
@@ -227,7 +235,8 @@ def tokenizer(cfg):
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e:
             raise ConfigError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it is downloaded on "
-                              f"first use. Offline, set TIKTOKEN_CACHE_DIR to a warm cache, or --sample_tokens 0") from None
+                              f"first use. Offline, set TIKTOKEN_CACHE_DIR to a warm cache (data/gpt2_vocab.py "
+                              f"builds one)") from None
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
     return (lambda s: list(s.encode())), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
 
@@ -731,26 +740,30 @@ def resume_config(cfg, ckpt, given=None):
 
 def start_run(cfg, resume, overwrite=False, given=None):
     """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
-    out_dir/ckpt.pt, once section 13 has checked the input and out_dir is locked; then print what it will do."""
+    out_dir/ckpt.pt, once section 13 has checked the input; out_dir is locked and its log written only once the
+    model is built (so an --overwrite that fails before leaves the old run as it was). Then print what it will do."""
     ckpt, changed = read_checkpoint(ckpt_path(cfg.out_dir)) if resume else None, []
     if ckpt:
         cfg, changed = resume_config(cfg, ckpt, given)
+    validate(cfg)  # before the process group (--dist_timeout)
     rank, world = init_distributed(cfg)
     check_inputs(cfg, resume, overwrite, world)  # nothing is written before this line
+    cfg = replace(cfg, tokenizer=tokenizer_kind(cfg))  # named in every checkpoint: read without the data
     device, ctx = setup_device(cfg)
+    pruned = {part: [t if cfg.pruning == "none" else e] * cfg.n_layer for part, (t, e) in unit_sizes(cfg).items()}
+    torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
+    widths, heads = (ckpt["widths"], ckpt["heads"]) if ckpt else (pruned["ffn"], pruned.get("attn"))  # per layer
+    raw_model = GPT(cfg, widths, heads).to(device)
+    modules = {part: raw_model.unit_modules(part) for part in pruned}  # the parts pruned: ffn (and attn)
+    optimizer = make_optimizer(raw_model, cfg, device)
     os.makedirs(cfg.out_dir, exist_ok=True)
     log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
     if rank == 0:
         describe(cfg)
-    start = {part: [t if cfg.pruning == "none" else e] * cfg.n_layer for part, (t, e) in unit_sizes(cfg).items()}
-    torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
-    sizes = (ckpt["widths"], ckpt["heads"]) if ckpt else (start["ffn"], start.get("attn"))  # per layer
-    raw_model = GPT(cfg, *sizes).to(device)
-    units = {part: raw_model.unit_modules(part) for part in start}  # the kinds pruned: ffn, and attn with --enlarge_attn
-    run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, make_optimizer(raw_model, cfg, device),
+    run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, optimizer,
               importance={k: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
-                          for k, ms in units.items()},  # a row per matrix: up, gate, down; q, k, v, o
-              alive={k: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for k, ms in units.items()},
+                          for k, ms in modules.items()},  # a row per matrix: up, gate, down; q, k, v, o
+              alive={k: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for k, ms in modules.items()},
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
                         "params_start": raw_model.num_params()},
               log=log, rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
@@ -889,12 +902,12 @@ def save_checkpoint(run, step):
             "widths": run.raw_model.ffn_widths, "heads": run.raw_model.heads,  # GPT(cfg, widths, heads), then load
             "importance": {k: [imp.cpu() for imp in v] for k, v in run.importance.items()},  # per kind, per layer
             "alive": {k: [a.cpu() for a in v] for k, v in run.alive.items()},  # bool masks, per kind, per layer
-            "config": asdict(run.cfg), "progress": {**run.progress, "step": step,  # step: where a resume starts
-                                                    "log_records": run.log.sync()},  # the log's, all on disk
+            "config": asdict(run.cfg), "progress": {**run.progress, "step": step},  # step: where a resume starts
             "rng": {"torch": torch.get_rng_state(), "data": run.data.gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
     path = ckpt_path(run.cfg.out_dir)
     try:
+        ckpt["progress"]["log_records"] = run.log.sync()  # the log's records, all on disk first
         with open(path + ".tmp", "wb") as f:
             torch.save(ckpt, f)
             f.flush()
@@ -930,13 +943,16 @@ def read_checkpoint(path):
 
 def upgrade_checkpoint(ckpt):
     """An older checkpoint in this version's layout, in memory (its file stays as it was). Version 1 pruned FFN
-    neurons only. Versions 1 and 2 held W_q, W_k, W_v as one matrix, attn.qkv (q's rows, then k's, then v's), and
-    W_o as attn.proj: their weights and AdamW moments are split in three, and AdamW's numbering follows."""
+    neurons only. Versions 1 and 2 name no tokenizer, and held W_q, W_k, W_v as one matrix, attn.qkv (q's rows, then
+    k's, then v's), and W_o as attn.proj: their weights and AdamW moments are split in three, AdamW renumbered."""
     version, cfg, model, opt = ckpt.get("version", 1), ckpt["config"], ckpt["model"], ckpt["optimizer"]
     if version == 1:
         ckpt.update(heads=[cfg["n_head"]] * cfg["n_layer"], importance={"ffn": ckpt["importance"]},
                     alive={"ffn": ckpt["alive"]})
     if version <= 2:
+        cfg["tokenizer"] = "bytes" if cfg["vocab_size"] == 256 else "gpt2"  # by the vocabulary, as the presets set it
+        print(f"note: a version-{version} checkpoint names no tokenizer: its vocabulary of {cfg['vocab_size']} is "
+              f"read as {cfg['tokenizer']}")
         def split(name, t):  # [(new name, tensor)]
             if ".attn.qkv." in name:
                 return [(name.replace(".qkv.", f".{n}."), c.clone()) for n, c in zip("qkv", t.chunk(3))]
@@ -1047,58 +1063,17 @@ def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, to
         idx = torch.cat((idx, next_id), dim=1)
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
-def check_export_dir(out_dir, overwrite=False):  # export never destroys: a new or empty folder, or --overwrite
-    check_writable("--export_hf", out_dir)
-    need(overwrite or not os.path.exists(out_dir) or os.path.isdir(out_dir) and not os.listdir(out_dir),
-         f"--export_hf {out_dir} is not empty: choose a new or empty folder, or pass --overwrite to replace it")
-
-def export_hf(model, cfg, out_dir, overwrite=False):
-    """out_dir as a Hugging Face LlamaForCausalLM with our logits: our model IS a Llama (RMSNorm, RoPE on halves as
-    HF's rotate_half, SwiGLU, no biases, tied embeddings). Llama has one intermediate_size and one head count, so
-    narrower layers (global, adaptive ranking) get zero neurons (zero gate and up rows: silu(0) * 0 = 0) and zero
-    heads (zero q, k, v rows and o columns: a uniform attention over zero values), exactly; so many heads that
-    they divide hidden_size, which transformers' LlamaConfig demands even with head_dim set."""
-    from safetensors.torch import save_file  # installed with transformers
-    d, L, width, hd = cfg.n_embd, cfg.n_layer, max(model.ffn_widths), cfg.n_embd // cfg.n_head
-    H = next(h for h in range(max(model.heads), d + 1) if d % h == 0)
-    for what, sizes, top in (("FFN widths", model.ffn_widths, width), ("head counts", model.heads, H)):
-        if set(sizes) != {top}:
-            print(f"export: {what} {sizes} padded with zero units to {top} (output unchanged)")
-    weights = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
-    for i, block in enumerate(model.blocks):
-        pre, pad, pad_h = f"model.layers.{i}.", width - block.ffn.n_units, (H - block.attn.n_units) * hd
-        weights.update({pre + f"self_attn.{n}_proj.weight": F.pad(getattr(block.attn, n).weight, (0, 0, 0, pad_h))
-                        for n in "qkv"})  # (H hd, d) each
-        weights.update({pre + "self_attn.o_proj.weight": F.pad(block.attn.o.weight, (0, pad_h)),  # (d, H hd)
-                        pre + "input_layernorm.weight": block.attn_norm.weight,
-                        pre + "post_attention_layernorm.weight": block.ffn_norm.weight,
-                        pre + "mlp.gate_proj.weight": F.pad(block.ffn.gate.weight, (0, 0, 0, pad)),  # (F, d)
-                        pre + "mlp.up_proj.weight": F.pad(block.ffn.up.weight, (0, 0, 0, pad)),
-                        pre + "mlp.down_proj.weight": F.pad(block.ffn.down.weight, (0, pad))})  # (d, F)
-    gpt2 = tokenizer_kind(cfg) == "gpt2"
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-              "hidden_size": d, "intermediate_size": width, "num_hidden_layers": L,
-              "num_attention_heads": H, "num_key_value_heads": H, "head_dim": hd,  # H hd may differ from d
-              "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": 1e-5,
-              "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-              "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
-              "bos_token_id": 50256 if gpt2 else 0, "eos_token_id": 50256 if gpt2 else 0}  # (bytes: NUL)
-    check_export_dir(out_dir, overwrite)
-    final, out_dir = out_dir, f"{out_dir.rstrip(os.sep)}.tmp{os.getpid()}"  # every file here, then one rename
-    os.makedirs(out_dir)
+def export_hf(model, cfg, path, overwrite=False, reading="."):
+    """path as a Hugging Face LlamaForCausalLM folder, written whole or not at all by data/hf_export.py (our model is
+    a Llama: see there); --overwrite replaces only an earlier export. reading: the run's folder, never replaced."""
     try:
-        save_file({k: w.detach().float().contiguous().cpu() for k, w in weights.items()},
-                  os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=1)
-        tok = beside("data/hf_tokenizer.py")  # the tokenizer files, so that AutoTokenizer works too
-        (tok.write_gpt2_tokenizer if gpt2 else tok.write_byte_tokenizer)(out_dir, cfg.block_size)
-        shutil.rmtree(final, ignore_errors=True)  # an empty folder, or --overwrite (check_export_dir)
-        os.replace(out_dir, final)
-    except OSError as e:
-        shutil.rmtree(out_dir)
-        raise RunFailed(f"--export_hf {final}: writing failed ({e}); nothing was left half-written") from None
-    return final
+        return beside("data/hf_export.py").export(model, cfg, path, overwrite, reading)
+    except ImportError:
+        raise ConfigError("--export_hf writes safetensors files: pip install safetensors") from None
+    except ValueError as e:  # a folder it must not write
+        raise ConfigError(str(e)) from None
+    except OSError as e:  # a full disk
+        raise RunFailed(str(e)) from None
 
 # ---- 12. Logging: the printed config, log.jsonl, the log line, the summary (the figure: plots/figures.py) ---------
 def phase_of(step, cfg):
@@ -1126,22 +1101,26 @@ def mfu(flops, seconds, run):
     """Model FLOPs utilization: the model's FLOPs (section 1) per second per accelerator over its peak."""
     return flops / seconds / run.world / run.peak if run.peak else None
 
+def param_counts(cfg):
+    """{"enlarged": n, "target": n}: the two models' parameters, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return {name: GPT(cfg, [w] * cfg.n_layer, [h] * cfg.n_layer).num_params() for name, w, h in
+                (("enlarged", ffn_sizes(cfg)[1], head_sizes(cfg)[1]), ("target", cfg.ffn_hidden, cfg.n_head))}
+
 def describe(cfg):
     """Print the resolved config and the numbers derived from it, once, before anything runs."""
     (t_p, t_end), L = phase_steps(cfg), cfg.n_layer
     (F_t, F_e), (H_t, H_e) = ffn_sizes(cfg), head_sizes(cfg)
     tps, T = tokens_per_step(cfg), cfg.max_steps
     print("config:", json.dumps(asdict(cfg), indent=1))
-    with torch.device("meta"):  # parameter counts without allocating memory (the 300m preset is large)
-        sizes = {name: GPT(cfg, [w] * L, [h] * L).num_params() for name, w, h in (("enlarged", F_e, H_e),
-                                                                                   ("target", F_t, H_t))}
+    counts = param_counts(cfg)
     for name, w, h in (("enlarged", F_e, H_e), ("target", F_t, H_t)):
-        n, ffn_params = sizes[name], 3 * cfg.n_embd * w * L
+        n, ffn_params = counts[name], 3 * cfg.n_embd * w * L
         print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * (H_e > H_t) + f" per layer | {fmt_params(n)} "
               f"params, FFN {fmt_params(ffn_params)} ({100 * ffn_params / n:.0f}%) | "
               f"{flops_per_token(n, cfg, [h] * L) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
-          f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / sizes['target']:,.1f} per deployed parameter")
+          f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / counts['target']:,.1f} per deployed parameter")
     recovery = f"{t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)" if T > t_end else "none"
     print(f"phases: target-size model for all {T} steps (scratch)" if cfg.pruning == "none" else
           f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "
@@ -1182,9 +1161,15 @@ class RunLog:
             old = read_log(path)[:n] if resumed and os.path.exists(path) else []
             records = [header] + [r for r in old if r["kind"] != "config" and
                                   (n or r.get("step", math.inf) < resumed["step"])]
-            with open(path + ".tmp", "w") as f:  # written whole, then renamed: a kill now loses nothing either
-                f.writelines(json.dumps(r) + "\n" for r in records)
-            os.replace(path + ".tmp", path)
+            if not resumed and os.path.exists(ckpt_path(cfg.out_dir)):  # --overwrite: the old run goes now
+                os.remove(ckpt_path(cfg.out_dir))
+            try:
+                with open(path + ".tmp", "w") as f:  # written whole, then renamed: a kill now loses nothing either
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+                os.replace(path + ".tmp", path)
+            except OSError:  # a full disk: nothing half-written stays
+                os.remove(path + ".tmp")
+                raise
             self.file, self.count = open(path, "a"), len(records)
 
     def write(self, kind, **record):
@@ -1285,6 +1270,8 @@ def validate(cfg):
                  "ffn_multiple", "max_steps", "prune_every", "eval_every", "eval_iters", "log_every", "ckpt_every"):
         need(getattr(cfg, knob) >= 1, f"--{knob} must be at least 1, got {getattr(cfg, knob)}")
     need(cfg.beta1 < 1 and cfg.beta2 < 1, f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    need(cfg.seed < 2**63, f"--seed must be below 2**63 (torch's generators take 64 bits), got {cfg.seed}")
+    need(cfg.dist_timeout > 0, f"--dist_timeout must be above 0 seconds, got {cfg.dist_timeout}")
     need(cfg.n_embd % cfg.n_head == 0 and (cfg.n_embd // cfg.n_head) % 2 == 0,
          f"--n_embd {cfg.n_embd} must split into --n_head {cfg.n_head} heads of even size (RoPE rotates pairs)")
     need(0 < cfg.min_lr <= cfg.lr, f"need 0 < --min_lr ({cfg.min_lr}) <= --lr ({cfg.lr})")
@@ -1292,6 +1279,8 @@ def validate(cfg):
     need(0 <= cfg.compact_frac <= 1, f"--compact_frac must be in [0, 1], got {cfg.compact_frac}")
     need(0 < cfg.decay_frac <= 1, f"--decay_frac must be in (0, 1] (1: cosine), got {cfg.decay_frac}")
     need(cfg.enlarge_attn >= 1, f"--enlarge_attn must be >= 1 (1: attention is not pruned), got {cfg.enlarge_attn}")
+    need(head_sizes(cfg)[1] <= cfg.n_embd, f"--enlarge_attn {cfg.enlarge_attn} gives {head_sizes(cfg)[1]} heads, more "
+         f"than --n_embd {cfg.n_embd} allows (an export's head count must divide it): lower --enlarge_attn")
     need(cfg.adapt_amp <= 1, f"--adapt_amp must be in [0, 1] (above 1 a layer would want < 0 units), got {cfg.adapt_amp}")
     if cfg.pruning != "none":
         F_t, F_e = ffn_sizes(cfg)
@@ -1321,9 +1310,10 @@ def check_data(cfg, prepare=True):
         where = f"--data_dir {d}" if cfg.data_dir else f"--dataset {cfg.dataset} ({d})"
         raise ConfigError(f"no {', '.join(missing)} in {where}: prepare the data first with: {how} (or, if it "
                           f"moved, pass --data_dir)")
-    meta_path = os.path.join(d, "meta.json")
-    meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    meta_path, meta = os.path.join(d, "meta.json"), read_meta(cfg)
     tok, vocab = meta.get("tokenizer"), cfg.vocab_size
+    need(not (tok and cfg.tokenizer and tok != cfg.tokenizer), f"{meta_path} says the tokens are {tok}, not "
+                                                               f"--tokenizer {cfg.tokenizer}: drop --tokenizer")
     need(not (tok in TOKENIZER_VOCAB and vocab in TOKENIZER_VOCAB.values() and vocab != TOKENIZER_VOCAB[tok]),
          f"{meta_path} says the tokens are {tok}, but --vocab_size {vocab} is for another tokenizer: use a preset "
          f"for {tok} data, or pass --vocab_size {TOKENIZER_VOCAB.get(tok)}")
@@ -1343,7 +1333,15 @@ def check_data(cfg, prepare=True):
         need(top < vocab, f"{path} has token id {top}, but --vocab_size is {vocab}: these tokens are not for this "
                           f"model (GPT-2 data with a byte-level preset?); use --vocab_size {top + 1} or more")
     if cfg.sample_tokens:
-        tokenizer(cfg)
+        try:
+            tokenizer(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{e}, or pass --sample_tokens 0") from None
+    if tokenizer_kind(cfg) == "gpt2" and os.path.exists(HELLASWAG):  # scored at every evaluation: read it now
+        try:
+            beside("data/hellaswag/eval.py").read(HELLASWAG)
+        except ValueError as e:
+            raise ConfigError(f"{e}: run python data/hellaswag/prepare.py again") from None
 
 def check_device(cfg):
     """A device this machine has (auto, cpu, cuda, cuda:N, mps), and a dtype it can compute in."""
@@ -1358,6 +1356,15 @@ def check_device(cfg):
     need(not (cfg.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()),
          "--dtype bfloat16: this GPU cannot compute in bfloat16; use --dtype float32")
 
+def check_memory(cfg):
+    """The enlarged model's weights, gradients and AdamW moments (16 bytes a parameter) fit in the device's memory."""
+    device = torch.device(device_name(cfg))
+    have = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else math.inf)
+    n = param_counts(cfg)["enlarged"]
+    need(16 * n <= have, f"the enlarged model has {fmt_params(n)} parameters: {16 * n / 2**30:.0f} GiB for its weights, "
+                         f"gradients and AdamW state, more than this {device.type}'s {have / 2**30:.0f} GiB")
+
 def check_out_dir(out_dir, resume, overwrite):  # a new run never overwrites a checkpoint it did not write
     need(resume or overwrite or not os.path.exists(ckpt_path(out_dir)), f"--out_dir {out_dir} already holds a run "
          f"(ckpt.pt): continue it with --resume, start it over with --overwrite, or choose another --out_dir")
@@ -1369,6 +1376,7 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
          f"each does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
     check_data(cfg, prepare=world == 1)
     check_device(cfg)
+    check_memory(cfg)
     for flag, path in (("--out_dir", cfg.out_dir), ("--plot_dir", cfg.plot_dir or cfg.out_dir)):
         check_writable(flag, path)  # now, not when the figure is drawn
     for path in (ckpt_path(cfg.out_dir), log_path(cfg.out_dir)):  # read-only, or chattr +i
@@ -1387,14 +1395,17 @@ def check_writable(flag, path):
 
 # ---- 14. Main: the command line; a run, or the use of a checkpoint ------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
+    hint = "see --help"
+
     def error(self, message):  # one line, like every other bad input here (argparse would print its usage first)
-        raise ConfigError(f"{message} (see --help; --compare/--ablation/--sweep/--bench: python plots/reproduce.py)")
+        raise ConfigError(f"{message} ({self.hint})")
 
 def arg_parser(description):
     """Argparse built from the Config fields: each field's type, default and trailing comment become a flag, and
     the "# heading" lines of Config the groups of --help."""
     source = inspect.getsource(Config).split("def __post_init__")[0]
     p = ArgumentParser(description=description)
+    p.hint = "see --help; --compare/--ablation/--sweep/--bench: python plots/reproduce.py"
     group, types = p, {f.name: f.type for f in fields(Config)}
     for heading, name, default, help_ in re.findall(r"^    (?:# (.+)|(\w+): \w+ = (.+?)\s+# (.+))$", source, re.M):
         if heading:
@@ -1426,7 +1437,7 @@ def parse_args(argv=None, p=None):
     args = p.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
     args.given = given  # the knobs set on the command line (a checkpoint's own config is overridden by these only)
-    return make_config(given.pop("preset", Config.preset), **given), args
+    return make_config(given.get("preset", Config.preset), **{k: v for k, v in given.items() if k != "preset"}), args
 
 def use_checkpoint(args):
     """--sample, --evaluate, --export_hf: the model of --out_dir/ckpt.pt, on --device (data from --data_dir)."""
@@ -1439,16 +1450,19 @@ def use_checkpoint(args):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--prompt_file {args.prompt_file}: cannot read it as text ({e})") from None
     need(not args.sample or prompt and "\0" not in prompt, "--prompt (or --prompt_file) is empty or not text")
-    if args.export_hf is not None:
-        check_export_dir(args.export_hf, args.overwrite)
-    model, cfg = load_model(ckpt_path(args.given.get("out_dir", Config.out_dir)))
-    cfg = replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")})
+    out_dir = args.given.get("out_dir", Config.out_dir)
+    if args.export_hf is not None:  # a folder it may write (data/hf_export.py), before anything is read
+        check_writable("--export_hf", args.export_hf)
+        why = beside("data/hf_export.py").check_folder(args.export_hf, args.overwrite, out_dir)
+        need(not why, f"--export_hf {args.export_hf} {why}")
+    model, cfg = load_model(ckpt_path(out_dir))
+    cfg = validate(replace(cfg, **{k: v for k, v in args.given.items() if k in ("device", "dtype", "data_dir", "seed")}))
     check_device(cfg)
     if args.sample or args.export_hf:
         tokenizer(cfg)  # GPT-2: its vocabulary is there, before anything is written
     device, ctx = setup_device(cfg)
     model.to(device).eval()
-    print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {ckpt_path(cfg.out_dir)}")
+    print(f"{fmt_params(model.num_params())} params, FFN widths {model.ffn_widths}, from {ckpt_path(out_dir)}")
     if args.evaluate:
         check_data(replace(cfg, sample_tokens=0), prepare=False)
         val = evaluate_full(model, Data(cfg, device), ctx)
@@ -1459,7 +1473,7 @@ def use_checkpoint(args):
                           seed=cfg.seed + i)
             print(f"---- sample {i + 1}/{args.num_samples}\n{prompt}{text}")
     if args.export_hf:
-        export_hf(model, cfg, args.export_hf, args.overwrite)
+        export_hf(model, cfg, args.export_hf, args.overwrite, out_dir)
         print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 def run_command(body):
@@ -1477,6 +1491,10 @@ def run_command(body):
         if not (dist.is_initialized() and "Timed out" in str(e)):
             raise
         sys.exit(f"error: process {dist.get_rank()} had no answer from the others within --dist_timeout: the job ends")
+    except OSError as e:  # a full disk anywhere (each writer removes its unfinished file): free space, run again
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(f"error: the disk is full ({e}); nothing half-written was left: free some space and run it again")
     except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: a second Ctrl-C, at once
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(str(e) or "stopped by a second Ctrl-C, with no checkpoint of this step", file=sys.stderr)

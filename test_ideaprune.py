@@ -4,6 +4,7 @@ import copy
 import re
 import importlib.util
 import shlex
+import shutil
 import io
 import json
 import math
@@ -616,13 +617,26 @@ def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte
     assert open(path, "rb").read() == before
 
 
-def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path):
+def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path, monkeypatch):
+    """Without --overwrite a new run is refused; with it, nothing of the old run changes until the new one is
+    built (a failure before leaves it whole), then the old checkpoint goes with the old log. Mutations caught: the
+    log rewritten before the model is built; the old ckpt.pt left beside the new log."""
     cfg = tiny(byte_data, tmp_path)
     ip.train(cfg)
-    before = {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)}
+    snapshot = lambda: {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)}
+    before = snapshot()
     with pytest.raises(ip.ConfigError, match="already holds a run.*--resume.*--overwrite"):
         ip.train(replace(cfg, seed=2))
-    assert {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)} == before
+    with monkeypatch.context() as m:
+        m.setattr(ip, "make_optimizer", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            ip.train(replace(cfg, seed=2), overwrite=True)
+    assert snapshot() == before
+    with monkeypatch.context() as m:  # the new run starts, then fails: no checkpoint of the old one beside its log
+        m.setattr(ip, "train_step", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            ip.train(replace(cfg, seed=2), overwrite=True)
+    assert not os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt"))
     assert ip.train(replace(cfg, seed=2), overwrite=True)["val_loss"] > 0
     # a suite refuses before its first run when any of its sub-runs would overwrite one of another config
     suite = tiny(byte_data, tmp_path / "suite")
@@ -633,21 +647,35 @@ def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path):
 
 
 def test_a_failed_checkpoint_write_loses_nothing(byte_data, tmp_path, monkeypatch):
-    """The disk fills up in the middle of the second checkpoint: the first stays whole, no .tmp is left."""
+    """The disk fills up in the middle of the second checkpoint, or of the log's flush before it: the first stays
+    whole, no .tmp is left; a run that starts on a full disk is one line, exit 1, and leaves no log.jsonl.tmp."""
     cfg = tiny(byte_data, tmp_path, ckpt_every=10)
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     real_save, saves = torch.save, []
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
 
     def save_until_the_disk_is_full(obj, f, *args, **kwargs):
         saves.append(1)
         if len(saves) == 2:
             f.write(b"half a checkpoint")
-            raise OSError(28, "No space left on device")
+            full_disk()
         return real_save(obj, f, *args, **kwargs)
     monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
     with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left.*from step 10, is intact"):
         ip.train(cfg)
     assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
+    monkeypatch.setattr(ip.RunLog, "sync", lambda self: full_disk())  # the log's flush before a checkpoint
+    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left"):
+        ip.train(cfg, resume=True)
+    out = str(tmp_path / "new")
+    real_dumps = json.dumps
+    with monkeypatch.context() as m:  # a run that starts on a full disk: one line, exit 1, no half-written log
+        m.setattr(json, "dumps", lambda *a, **kw: full_disk())
+        with pytest.raises(SystemExit, match="the disk is full.*free some space"):
+            ip.main(["--preset", "tiny", "--data_dir", byte_data, "--out_dir", out, "--sample_tokens", "0"])
+    assert json.dumps is real_dumps and sorted(os.listdir(out)) == ["lock"]
 
 
 # ---- scale: DDP, torch.compile, bf16, MFU, signals, broken checkpoints ---------------------------------------------
@@ -890,9 +918,11 @@ def test_a_version_2_checkpoint_with_a_fused_qkv_loads_and_resumes(byte_data, tm
         ip.train(cfg, stop_after=24)
         fused = ip.GPT(cfg, *(lambda c: (c["widths"], c["heads"]))(load_ckpt(cfg)))
     old = {**load_ckpt(cfg), "version": 2}
+    del old["config"]["tokenizer"]  # version 2 named none: read by its vocabulary, 256 bytes
     fused.load_state_dict(old["model"])
     torch.save(old, os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    model, loaded = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    assert loaded.tokenizer == "bytes"
     x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
     torch.testing.assert_close(model(x)[0], fused.eval()(x)[0], atol=1e-5, rtol=1e-5)
     assert ip.train(cfg, resume=True)["val_loss"] == pytest.approx(fused_end, abs=1e-4)
@@ -1064,34 +1094,76 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
     assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
 
 
-def test_export_never_destroys(tmp_path):
-    """--export_hf writes a new or empty folder (or replaces one with --overwrite), all files at once: a failure
-    half-way leaves nothing; a folder with files is refused before anything is read."""
+def test_export_replaces_only_an_earlier_export(tmp_path, monkeypatch):
+    """--export_hf writes a new or empty folder; --overwrite replaces only an earlier export, never the run's folder,
+    the current folder, a folder above either, a mount point, a file or a folder with other files; the old export
+    stays whole until the new one is (a failure leaves it, and no temporary folder); what a killed export left
+    beside it is cleared, the old export put back. Mutations caught: rmtree before the new export is complete; no
+    check of what the folder holds; stale .tmp<PID> folders kept; an .old<PID> removed instead of put back."""
     cfg, model, _ = trained_tiny_model()
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "config.json").write_text("my own")
-    with pytest.raises(ip.ConfigError, match="is not empty.*--overwrite"):
+    hf = load_script("data/hf_export.py")
+    run, cwd, mine, hf_dir = (tmp_path / n for n in ("run", "cwd", "mine", "hf"))
+    for d, files in ((run, {"ckpt.pt": "a run"}), (cwd, {"notes.txt": "mine"}), (mine, {"config.json": "my own",
+                                                                                          "notes.txt": "mine"})):
+        d.mkdir()
+        for name, text in files.items():
+            (d / name).write_text(text)
+    monkeypatch.chdir(cwd)
+    os.symlink(mine, tmp_path / "link")
+    snapshot = lambda: {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    before = snapshot()
+    for path, why in ((run, "the run being read"), (tmp_path, "above"), (".", "the current folder"),
+                      (mine, "does not write"), (tmp_path / "link", "is a link"), (run / "ckpt.pt", "is a file")):
+        with pytest.raises(ip.ConfigError, match=why):
+            ip.export_hf(model, cfg, str(path), overwrite=True, reading=str(run))
+    (cwd / "sub").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(cwd / "sub")], capture_output=True).returncode == 0:
+        try:  # a mount point (where this process may mount one)
+            with pytest.raises(ip.ConfigError, match="is a mount point"):
+                ip.export_hf(model, cfg, str(tmp_path / "cwd" / "sub"), overwrite=True, reading=str(run))
+        finally:
+            subprocess.run(["umount", str(cwd / "sub")])
+    (cwd / "sub").rmdir()
+    assert snapshot() == before
+    with pytest.raises(ip.ConfigError, match="is not empty: choose a new or empty folder$"):
         ip.export_hf(model, cfg, str(mine))
-    assert os.listdir(mine) == ["config.json"] and (mine / "config.json").read_text() == "my own"
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert sorted(os.listdir(ip.export_hf(model, cfg, str(empty)))) == ["config.json", "model.safetensors",
-                                                                        "tokenizer.json", "tokenizer_config.json"]
-    assert (os.stat(empty).st_mode & 0o777) == (os.stat(mine).st_mode & 0o777)  # like any folder made here
-    ip.export_hf(model, cfg, str(mine), overwrite=True)
-    assert json.load(open(mine / "config.json"))["model_type"] == "llama"
-    real_dump = json.dump
+    first = ip.export_hf(model, cfg, str(hf_dir), reading=str(run))
+    assert sorted(os.listdir(first)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    with pytest.raises(ip.ConfigError, match="--overwrite to replace this earlier export"):
+        ip.export_hf(model, cfg, str(hf_dir))
+    old = {n: (hf_dir / n).read_bytes() for n in os.listdir(hf_dir)}
+    import safetensors.torch
 
-    def disk_full(*args, **kwargs):
+    def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    json.dump = disk_full
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full_disk)
         with pytest.raises(ip.RunFailed, match="No space left.*nothing was left half-written"):
-            ip.export_hf(model, cfg, str(tmp_path / "new"))
-    finally:
-        json.dump = real_dump
-    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]
+            ip.export_hf(model, cfg, str(hf_dir), overwrite=True)
+    assert {n: (hf_dir / n).read_bytes() for n in os.listdir(hf_dir)} == old and sorted(os.listdir(tmp_path)) == \
+        ["cwd", "hf", "link", "mine", "run"]
+    real_rename = os.rename
+    with monkeypatch.context() as m:  # the new export complete, the old one aside, then its rename in fails
+        m.setattr(os, "rename", lambda a, b: real_rename(a, b) if ".tmp" not in a else full_disk())
+        with pytest.raises(ip.RunFailed, match="No space left"):
+            ip.export_hf(model, cfg, str(hf_dir), overwrite=True)
+    assert {n: (hf_dir / n).read_bytes() for n in os.listdir(hf_dir)} == old and sorted(os.listdir(tmp_path)) == \
+        ["cwd", "hf", "link", "mine", "run"]
+    dead = subprocess.Popen(["true"])  # a process that is gone: what a kill -9 midway leaves, named by its PID
+    dead.wait()
+    os.rename(hf_dir, f"{hf_dir}.old{dead.pid}")  # killed between moving the old export aside and the new one in
+    os.makedirs(f"{hf_dir}.tmp{dead.pid}")
+    hf.clear_stale(str(hf_dir))
+    assert {n: (hf_dir / n).read_bytes() for n in os.listdir(hf_dir)} == old and sorted(os.listdir(tmp_path)) == \
+        ["cwd", "hf", "link", "mine", "run"]
+    os.makedirs(f"{hf_dir}.tmp{dead.pid}")  # cleared by the next export
+    model.blocks[0].ffn.up.weight.data += 1
+    ip.export_hf(model, cfg, str(hf_dir), overwrite=True)
+    assert (hf_dir / "model.safetensors").read_bytes() != old["model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["cwd", "hf", "link", "mine", "run"]
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # not installed: one line that says what to install
+    with pytest.raises(ip.ConfigError, match="pip install safetensors"):
+        ip.export_hf(model, cfg, str(tmp_path / "new"))
 
 
 def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, tmp_path, monkeypatch, capsys):
@@ -1129,10 +1201,12 @@ def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, 
 FUZZ_DRIVER = """
 import json, os, sys
 import importlib.util, ideaprune  # imported once; each case runs in a fork of this process (its own, but cheap)
-spec = importlib.util.spec_from_file_location("reproduce", os.path.join(os.path.dirname(ideaprune.__file__),
-                                                                         "plots", "reproduce.py"))
-reproduce = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(reproduce)
+scripts = {"ideaprune": ideaprune}
+for name, path in (("reproduce", "plots/reproduce.py"), ("figures", "plots/figures.py"),
+                   ("eval", "data/hellaswag/eval.py"), ("fineweb", "data/fineweb_edu/prepare.py")):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(ideaprune.__file__), path))
+    scripts[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scripts[name])
 results = []
 for script, argv in json.load(sys.stdin):
     r, w = os.pipe()
@@ -1143,7 +1217,7 @@ for script, argv in json.load(sys.stdin):
         os.dup2(w, 2)
         code = 0
         try:
-            {"ideaprune": ideaprune, "reproduce": reproduce}[script].main(argv)
+            scripts[script].main(argv)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:
@@ -1203,13 +1277,58 @@ def fuzz_cases(good, bad_data, empty_dir):
               (["--sample", "--temperature", "-1"], "--temperature"), (["--sample", "--max_new_tokens", "-1"],
                                                                        "--max_new_tokens"),
               (["--sample", "--num_samples", "-3"], "--num_samples"), (["--export_hf", ""], "--export_hf"),
-              (["--export_hf", good], "not empty")]
+              (["--export_hf", good], "not empty"), (["--seed", str(2**63)], "--seed"),
+              (["--enlarge_attn", "40"], "--enlarge_attn"), (["--dist_timeout", "0"], "--dist_timeout"),
+              (["--resume", "--preset", "demo"], "--preset"), (["--tokenizer", "gpt2"], "--tokenizer"),
+              (["--export_hf", ".", "--overwrite"], "the current folder"),
+              (["--export_hf", os.path.dirname(empty_dir), "--overwrite"], "above"),
+              (["--export_hf", os.path.join(good, "train.bin")], "not a folder")]
     cases += [(["--data_dir", d], name) for d, name in bad_data]
     base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
     harness = ("--compare", "--ablation", "--sweep", "--replot")
     return [("reproduce" if set(harness) & set(argv) else "ideaprune",
              base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
             for argv, name in cases]
+
+
+def other_scripts_cases(root, run_dir, good):
+    """(script, argv, what the error line must name) for the scripts beside ideaprune.py, on bad or damaged input."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    files = {"empty.jsonl": "", "torn.jsonl": '{"ctx": "a", "endings": ["b", "c"], "label": 0}\n{"ctx": "a", "en',
+             "odd.jsonl": '{"ctx": "a", "endings": ["b"], "label": 3}\n', "good.jsonl": '{"ctx": "a", "endings": '
+             '["b", "c"], "label": 1}\n', "header.jsonl": open(os.path.join(run_dir, "log.jsonl")).readline(),
+             "not_a_log.jsonl": '{"a": 1}\n{"b": 2}\n', "table/sweep_max_steps_results.md": "| max_steps | integrated |\n|---|\n| 8 |",
+             "done/train.bin": "ab", "done/val.bin": "", "done/meta.json": json.dumps(
+                 {"corpus": "other", "sources": [["x.parquet", 1, 1]], "max_tokens": 0, "train_tokens": 1, "val_tokens": 0})}
+    for name, text in files.items():
+        os.makedirs(os.path.dirname(root / name), exist_ok=True)
+        (root / name).write_text(text)
+    f = lambda name: str(root / name)
+    pq.write_table(pa.table({"body": ["words"]}), f("notext.parquet"))
+    pq.write_table(pa.table({"text": ["words"]}), f("good.parquet"))
+    (root / "broken.parquet").write_bytes(b"PAR1, torn")
+    return [("eval", ["--out_dir", run_dir, "--file", f("none.jsonl")], "--file"),
+            ("eval", ["--out_dir", run_dir, "--file", f("empty.jsonl")], "holds no examples"),
+            ("eval", ["--out_dir", run_dir, "--file", f("torn.jsonl")], "line 2"),
+            ("eval", ["--out_dir", run_dir, "--file", f("odd.jsonl")], "line 1"),
+            ("eval", ["--out_dir", f("table"), "--file", f("good.jsonl")], "no checkpoint"),
+            ("eval", ["--no-such-flag"], "--no-such-flag"),
+            ("figures", [f("none.jsonl"), f("fig.png")], "is not a file"), ("figures", [], "required"),
+            ("figures", [f("empty.jsonl"), f("fig.png")], "holds no run"), ("figures", [f("table"), f("fig.png")], "is not a file"),
+            ("figures", [f("header.jsonl"), f("fig.png")], "no training step"),
+            ("figures", [f("not_a_log.jsonl"), f("fig.png")], "line 1"),
+            ("figures", [os.path.join(run_dir, "log.jsonl"), "/dev/null/fig.png"], "figure"),
+            ("fineweb", ["--data_files", f("notext.parquet"), "--out_dir", f("fw")], "no text column"),
+            ("fineweb", ["--data_files", f("broken.parquet"), "--out_dir", f("fw")], "not a Parquet file"),
+            ("fineweb", ["--num_proc", "0", "--out_dir", f("fw")], "--num_proc"),
+            ("fineweb", ["--max_tokens", "-5", "--out_dir", f("fw")], "--max_tokens"),
+            ("fineweb", ["--data_files", f("nothing/*.parquet"), "--out_dir", f("fw")], "no file matches"),
+            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("good.jsonl")], "is a file"),
+            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("done")], "other input"),
+            ("reproduce", ["--budget", f("none")], "holds no sweep"),
+            ("reproduce", ["--budget", f("table")], "is not a table"),
+            ("reproduce", ["--budget", f("table"), f("table")], "given twice")]
 
 
 def make_bad_data(root, good):
@@ -1243,6 +1362,9 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
     cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "dangling")],
                   "--out_dir"))
+    cases.append(("ideaprune", ["--preset", "tiny", "--out_dir", run.out_dir, "--export_hf", run.out_dir, "--overwrite"],
+                  "the run being read"))
+    others = other_scripts_cases(tmp_path / "others", run.out_dir, byte_data)
     frozen = tmp_path / "frozen"  # an immutable ckpt.pt (chattr +i: root cannot write it either), where chattr works
     frozen.mkdir()
     (frozen / "ckpt.pt").write_bytes(open(os.path.join(run.out_dir, "ckpt.pt"), "rb").read())
@@ -1251,6 +1373,7 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
                       "ckpt.pt cannot be written"))
     argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
               (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else [])) for script, argv, _ in cases]
+    argvs, cases = argvs + [(script, argv) for script, argv, _ in others], cases + others
     snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
     before = snapshot()
     try:
@@ -1265,8 +1388,8 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
         if not (r["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]):
             bad.append(f"{' '.join(r['argv'])} -> exit {r['code']}: {r['out'][-300:]}")
     assert not bad, f"{len(bad)} of {len(cases)} cases:\n" + "\n".join(bad)
-    assert snapshot() == before and not os.path.exists(tmp_path / "plots")
-    assert len(cases) > 100
+    assert snapshot() == before and not os.path.exists(tmp_path / "plots") and not os.path.exists(tmp_path / "others/fw")
+    assert len(cases) > 180
 
 
 # ---- data preparation ---------------------------------------------------------------------------------------------
@@ -1326,7 +1449,7 @@ def test_fineweb_prepare_tokenizes_splits_and_writes_atomically(tmp_path, monkey
     prep.prepare(iter(docs), str(tmp_path / "slice"), small_bpe, {}, max_tokens=50)
     sliced = read("slice", "train")
     assert 50 <= len(sliced) < counts["train"] and (sliced == read("a", "train")[:len(sliced)]).all()
-    assert prep.already_prepared(str(tmp_path / "slice"), 50) and not prep.already_prepared(str(tmp_path / "slice"), 0)
+    assert prep.finished(str(tmp_path / "slice"))["max_tokens"] == 50 and not prep.finished(str(tmp_path / "none"))
 
     def crashing():
         yield from docs[:20]
@@ -1345,8 +1468,9 @@ def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
     with pytest.raises(ip.ConfigError, match="TIKTOKEN_CACHE_DIR"):
         ip.tokenizer(ip.make_config("300m", data_dir=str(tmp_path)))
-    with pytest.raises(SystemExit, match="TIKTOKEN_CACHE_DIR"):
-        load_prepare("fineweb_edu").gpt2_encoding()
+    prep = load_prepare("fineweb_edu")
+    with pytest.raises(prep.BadInput, match="TIKTOKEN_CACHE_DIR"):
+        prep.gpt2_encoding()
 
 
 
@@ -1392,14 +1516,21 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     data = str(tmp_path / "fineweb")
     prep.main(["--data_files", str(tmp_path / "part-*.parquet"), "--out_dir", data, "--num_proc", "1"])
     assert json.load(open(os.path.join(data, "meta.json")))["corpus"].startswith("local Parquet")
+    prep.main(["--data_files", str(tmp_path / "part-*.parquet"), "--out_dir", data])  # the same input: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # other input into a prepared folder: refused, the tokens kept
+        prep.main(["--data_files", str(tmp_path / "part-0.parquet"), "--out_dir", data])
+    assert e.value.code == 2 and "prepared from other input" in capsys.readouterr().err
     ids = np.concatenate([np.fromfile(os.path.join(data, f"{s}.bin"), dtype=np.uint16) for s in ("val", "train")])
     assert int((ids == 50256).sum()) == len(docs) and len(docs) > 50
     assert sorted(enc.decode(ids.tolist()).split("<|endoftext|>")[:-1]) == sorted(docs)  # every document, whole
     cfg = ip.make_config("tiny", data_dir=data, vocab_size=50304, max_steps=8, eval_every=8, warmup_steps=1,
                          ema_warmup=1, block_size=16, out_dir=str(tmp_path / "out"), sample_tokens=8)
     assert ip.train(cfg)["val_loss"] < math.log(50304)
+    os.rename(data, data + "_moved")  # the checkpoint names its tokenizer: export, sampling need no data folder
     out = str(tmp_path / "hf")
-    ip.main(["--out_dir", cfg.out_dir, "--export_hf", out])
+    ip.main(["--out_dir", cfg.out_dir, "--export_hf", out, "--sample", "--max_new_tokens", "3"])
+    assert "vocab.json" in os.listdir(out) and "---- sample 1/1" in capsys.readouterr().out
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "Hello world\n  leading spaces, unicode: é ü 日本 — “quotes”<|endoftext|>Next doc\n\n"
     assert tok(text)["input_ids"] == enc.encode(text, allowed_special="all") and tok.eos_token_id == 50256
@@ -1479,9 +1610,11 @@ def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path, capsys)
     ours = ip.sample(model.eval(), cfg, torch.device("cpu"), ip.nullcontext(), "the king ", 16, temperature=0)
     assert hf == "the king " + ours and len(ours) == 16
     assert len(ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "the", 8, top_k=0)) > 0  # 0: no top-k
-    ip.main(["--out_dir", cfg.out_dir, "--sample", "--prompt", "the king ",
+    moved = shutil.copytree(cfg.out_dir, tmp_path / "moved")  # it names the file it reads, not where it was made
+    ip.main(["--out_dir", str(moved), "--sample", "--prompt", "the king ",
              "--temperature", "0", "--top_k", "0", "--max_new_tokens", "16"])
-    assert capsys.readouterr().out.endswith(f"the king {ours}\n")  # the command line's greedy: the same text
+    out = capsys.readouterr().out
+    assert out.endswith(f"the king {ours}\n") and f"from {moved}/ckpt.pt" in out  # the command line's greedy too
 
 def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
@@ -1494,14 +1627,14 @@ def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
     gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
     enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
-    load_script("data/hf_tokenizer.py").write_hf_tokenizer(enc, str(tmp_path), 64)
+    load_script("data/hf_export.py").write_hf_tokenizer(enc, str(tmp_path), 64)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
     assert tok.encode(text) == enc.encode_ordinary(text)
     assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
 
 
-def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path, capsys):
+def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path, capsys, monkeypatch):
     """Hand-written examples whose right answers the tiny model's own losses decide: each ending scored alone,
     by hand, as the mean loss over its tokens. The scorer must find every answer (accuracy 1), miss every
     shifted one (0), and, in at least one example, disagree with the lowest *summed* loss, so that length
@@ -1535,6 +1668,16 @@ def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data,
     (tmp_path / "hs.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
     hs.main(["--out_dir", cfg.out_dir, "--file", str(tmp_path / "hs.jsonl"), "--device", "cpu"])
     assert "acc_per_token 1.0000 (4 examples)" in capsys.readouterr().out
+    # a GPT-2 run scores data/hellaswag/val.jsonl at every evaluation: a torn one stops it before it starts
+    (tmp_path / "torn.jsonl").write_text(json.dumps(examples[0]) + '\n{"ctx": "the ki')
+    monkeypatch.setattr(ip, "HELLASWAG", str(tmp_path / "torn.jsonl"))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16).tofile(gpt2 / f"{split}.bin")
+    (gpt2 / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
+    with pytest.raises(ip.ConfigError, match="torn.jsonl, line 2, is not a HellaSwag example: run python data/hellas"):
+        ip.check_data(replace(cfg, data_dir=str(gpt2), vocab_size=50304))
 
 
 LOCAL_HELLASWAG = """task: local_hellaswag

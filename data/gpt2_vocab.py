@@ -18,7 +18,7 @@ import sys
 import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_tokenizer import bpe_merges, spelling  # noqa: E402
+from hf_export import bpe_merges, spelling  # noqa: E402
 
 URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # what tiktoken fetches, and names by
 SHA256 = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",  # what tiktoken checks

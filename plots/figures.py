@@ -76,15 +76,42 @@ def plot_run(records, path):
     ax_ffn.set(xlabel="step", ylabel="FFN neurons per layer (mean)", title="FFN width")
     ax_ffn.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
-if __name__ == "__main__":
+def save(fig, path):
+    """The figure as a PNG, whole or not at all: written beside, then renamed (a full disk leaves no torn file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        fig.savefig(path + ".tmp", dpi=110, format="png")
+        os.replace(path + ".tmp", path)
+    except OSError:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
+    finally:
+        _plt().close(fig)
+
+
+def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ideaprune.py, one folder up
     import ideaprune as ip
-    if len(sys.argv) != 3:
-        sys.exit("usage: python plots/figures.py LOG_JSONL FIGURE_PNG")
-    ip.run_command(lambda: print("wrote", plot_run(ip.read_log(sys.argv[1]), sys.argv[2])))
+    p = ip.ArgumentParser(description="Draw one run's figure from its log.jsonl.")
+    p.add_argument("log", help="a run's log.jsonl")
+    p.add_argument("figure", help="the PNG to write")
+
+    def body():  # bad input: one line, exit 2 (ideaprune's run_command)
+        args = p.parse_args(argv)
+        ip.need(os.path.isfile(args.log), f"{args.log} is not a file: name a run's log.jsonl")
+        records = ip.read_log(args.log)
+        kinds = {r["kind"] for r in records}
+        ip.need("config" in kinds, f"{args.log} holds no run (no config record): name a run's log.jsonl")
+        ip.need("train" in kinds, f"{args.log} holds no training step yet (stopped before its first): nothing to draw")
+        ip.check_writable("the figure's folder", os.path.dirname(args.figure) or ".")
+        print("wrote", plot_run(records, args.figure))
+    ip.run_command(body)
+
+
+if __name__ == "__main__":
+    main()

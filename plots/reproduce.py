@@ -55,8 +55,7 @@ def plot_compare(logs, prefix):
 
     def save(fig, name):
         fig.tight_layout()
-        fig.savefig(f"{prefix}_{name}.png", dpi=110)
-        plt.close(fig)
+        figures.save(fig, f"{prefix}_{name}.png")
         written.append(f"{prefix}_{name}.png")
 
     # Figure 2 mirror: the LR of each pipeline against tokens, one panel each, phases shaded
@@ -172,9 +171,7 @@ def plot_sweep(knobs, results, pipeline, path):
         ax_gap.set_xticks(x, labels)
         ax_gap.set_xlabel(f"max_steps, of {results[0]['arm']['tokens'] / x[0]:,.0f} tokens each")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.save(fig, path)
     return path
 
 
@@ -260,41 +257,54 @@ def plot_seeds(by_seed, pairs, path):
     ax.set(xlabel=f"final val loss gap (nats): mean and standard error over {len(by_seed)} seeds",
            title="each run minus its reference, paired by seed (left of 0: the run is better)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.save(fig, path)
     return path
 
 
 def read_table(path):
-    """The rows of a markdown table written by this script, as {header cell: cell} (what --budget reads)."""
+    """The rows of a markdown table written by this script, as {header cell: cell} (what --budget reads); a
+    ValueError for a row with another number of cells than the header (a torn or edited table)."""
     lines = [line.strip().strip("|").split("|") for line in open(path) if line.startswith("|")]
+    if len(lines) < 3 or any(len(line) != len(lines[0]) for line in lines):
+        raise ValueError("no rows, or a row with another number of cells than the header")
     return [dict(zip([c.strip() for c in lines[0]], [c.strip() for c in line])) for line in lines[2:]]
+
+
+def folder_gaps(d):
+    """One folder's gaps {(gap, deployed params, tokens per param): value}, from its sweep_max_steps*_results.md
+    (a ceiling in several tables is one run)."""
+    names = sorted(n for n in os.listdir(d) if n.startswith("sweep_max_steps") and n.endswith("_results.md")
+                   and not n.endswith("_seeds_results.md")) if os.path.isdir(d) else []
+    if not names:
+        raise ip.ConfigError(f"--budget: {d} holds no sweep_max_steps*_results.md; run --sweep max_steps=... there")
+    tables, here, name = {}, {}, None
+    try:
+        for name in names:
+            rows = read_table(os.path.join(d, name))
+            tables[list(rows[0])[1]] = name, {r["max_steps"]: r for r in rows}  # the 2nd column: the pipeline
+        for pipeline, (name, rows) in tables.items():
+            for steps, r in rows.items():
+                at = (int(r["params"].replace(",", "")), float(r["tokens/param"].replace(",", "")))
+                series = {"integrated - scratch": float(r["gap"]) if pipeline == "integrated" else None,
+                          "ceiling - scratch": float(r["ceiling"]) - float(r["scratch"]) if "ceiling" in r else None}
+                if pipeline == "resumed" and steps in tables.get("rewarmed", ("", {}))[1]:
+                    series["resumed - rewarmed"] = float(r["resumed"]) - float(tables["rewarmed"][1][steps]["rewarmed"])
+                here.update({(gap, *at): value for gap, value in series.items() if value is not None})
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise ip.ConfigError(f"--budget: {os.path.join(d, name)} is not a table of --sweep max_steps "
+                             f"({type(e).__name__}: {e}): run the sweep again, or remove it") from None
+    return here
 
 
 def budget(dirs, cfg):
     """Figure 1 (left) against tokens per deployed parameter, from the --sweep max_steps=... tables in each folder
     (one folder per seed; folders of several presets join on one axis): integrated - scratch, ceiling - scratch,
     and resumed - rewarmed where both were swept, each gap averaged over the folders that hold it (mean, SE)."""
+    if len({os.path.realpath(d) for d in dirs}) < len(dirs):
+        raise ip.ConfigError("--budget: a folder is given twice (each folder is one seed's runs): name each once")
     gaps = {}  # (gap, deployed params, tokens per param) -> [one gap per folder]
     for d in dirs:
-        tables = {}
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if name.startswith("sweep_max_steps") and name.endswith("_results.md"):
-                rows = read_table(os.path.join(d, name))
-                tables[list(rows[0])[1]] = {r["max_steps"]: r for r in rows}  # the 2nd column names the pipeline
-        if not tables:
-            raise ip.ConfigError(f"--budget: {d} holds no sweep_max_steps*_results.md; run --sweep max_steps=... there")
-        here = {}  # this folder's gaps: a ceiling in several tables is one run
-        for pipeline, rows in tables.items():
-            for steps, r in rows.items():
-                at = (int(r["params"].replace(",", "")), float(r["tokens/param"].replace(",", "")))
-                series = {"integrated - scratch": float(r["gap"]) if pipeline == "integrated" else None,
-                          "ceiling - scratch": float(r["ceiling"]) - float(r["scratch"]) if "ceiling" in r else None}
-                if pipeline == "resumed" and steps in tables.get("rewarmed", {}):
-                    series["resumed - rewarmed"] = float(r["resumed"]) - float(tables["rewarmed"][steps]["rewarmed"])
-                here.update({(gap, *at): value for gap, value in series.items() if value is not None})
-        for key, value in here.items():
+        for key, value in folder_gaps(d).items():
             gaps.setdefault(key, []).append(value)
     plt = figures._plt()
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True)
@@ -316,15 +326,14 @@ def budget(dirs, cfg):
     axes[1].set_xlabel("training tokens per deployed parameter (mean and SE over seeds)")
     fig.tight_layout()
     path = os.path.join(cfg.plot_dir or cfg.out_dir, "budget.png")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.save(fig, path)
     write_table(cfg, "budget", "\n".join(rows) + "\n", [path])
     return gaps
 
 
-# knobs that change nothing a run trains: where it runs, what it prints, and the preset (its values are all logged)
-UNTRAINED = ip.WHERE + ("preset", "sample_tokens", "log_every", "ckpt_every")
+# knobs that change nothing a run trains: where it runs, what it prints, the preset (its values are all logged), the
+# tokenizer (its data says it)
+UNTRAINED = ip.WHERE + ("preset", "tokenizer", "sample_tokens", "log_every", "ckpt_every")
 
 
 def finished_or_resumable(cfg):
@@ -397,8 +406,9 @@ def write_table(cfg, label, table, figures):
     """A suite's or sweep's markdown table, beside its figures and in out_dir."""
     for path in {os.path.join(d, f"{label}_results.md") for d in (cfg.plot_dir or cfg.out_dir, cfg.out_dir)}:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:  # whole or not at all (a full disk)
             f.write(table)
+        os.replace(path + ".tmp", path)
     print(f"\n{table}\nwrote {', '.join(figures + [f'{label}_results.md'])}")
 
 

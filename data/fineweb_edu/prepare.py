@@ -27,11 +27,13 @@ On a cluster without the internet: --data_files reads the Parquet files of the h
 package registry (or copy a warm tiktoken cache and point TIKTOKEN_CACHE_DIR at it).
 """
 import argparse
+import errno
 import glob
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 
 import numpy as np
 
@@ -41,15 +43,19 @@ VAL_EVERY = 2000              # document i goes to val.bin when i % VAL_EVERY ==
 BATCH_DOCS = 1024             # documents per tokenizer task
 
 
+class BadInput(Exception):
+    """Input this script cannot use: main prints it as one line, `error: ...`, and exits with 2, writing nothing."""
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 encoding, or a clear error where its vocabulary cannot be fetched."""
     import tiktoken
     try:
         return tiktoken.get_encoding("gpt2")  # downloads vocab.bpe / encoder.json on first use, then cached
     except Exception as e:
-        raise SystemExit(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it is downloaded on "
-                         f"first use. On a machine without the internet, copy a warm tiktoken cache there and set "
-                         f"TIKTOKEN_CACHE_DIR to it")
+        raise BadInput(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it is downloaded on "
+                       f"first use. On a machine without the internet, copy a warm tiktoken cache there and set "
+                       f"TIKTOKEN_CACHE_DIR to it (data/gpt2_vocab.py builds one)") from None
 
 
 _worker_encoding = None
@@ -132,7 +138,7 @@ def prepare(docs, out_dir, make_encoding, meta, max_tokens=0, num_proc=1, progre
                 for tokens in doc_tokens:
                     files[split_of(index)].write(tokens)
                     index += 1
-                if progress:
+                if progress is not None:
                     progress.update(train.n + val.n - progress.n)
                 if max_tokens and train.n >= max_tokens:
                     break
@@ -151,42 +157,89 @@ def prepare(docs, out_dir, make_encoding, meta, max_tokens=0, num_proc=1, progre
     return counts
 
 
-def already_prepared(out_dir, max_tokens):
-    """The files of a finished run with the same --max_tokens: nothing to redo."""
+def sources_of(files):
+    """What a preparation reads, as meta.json records it: the local files (name, bytes, modification time), or the
+    hub's corpus."""
+    return [[os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in files] or f"{REPO} ({CONFIG})"
+
+
+def finished(out_dir):
+    """The meta.json of a finished preparation in out_dir (both token files complete), else None."""
     try:
         meta = json.load(open(os.path.join(out_dir, "meta.json")))
-        return meta.get("max_tokens") == max_tokens and all(
-            os.path.getsize(os.path.join(out_dir, f"{s}.bin")) == 2 * meta[f"{s}_tokens"] for s in ("train", "val"))
-    except (OSError, ValueError, KeyError):
-        return False
+        complete = all(os.path.getsize(os.path.join(out_dir, f"{s}.bin")) == 2 * meta[f"{s}_tokens"]
+                       for s in ("train", "val"))
+        return meta if complete else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_parquet(files):
+    """Every local file is Parquet with a text column, before anything is written."""
+    import pyarrow.parquet as pq
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as e:  # pyarrow's errors for a file that is not Parquet, or torn
+            raise BadInput(f"--data_files: {f} is not a Parquet file pyarrow can read ({type(e).__name__})") from None
+        if "text" not in schema.names or str(schema.field("text").type) not in ("string", "large_string"):
+            raise BadInput(f"--data_files: {f} has no text column of strings (its columns: {', '.join(schema.names)})")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other bad input (argparse would print its usage first)
+        raise BadInput(f"{message} (see --help)")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Bad input: one line, `error: ...`, exit 2, nothing written; a full disk: one line, exit 1."""
+    try:
+        prepare_command(argv)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(f"error: the disk is full ({e}); the unfinished token files were removed")
+
+
+def prepare_command(argv):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max_tokens", type=int, default=0, help="stop when train.bin holds this many tokens (0 = all)")
     p.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="tokenizer processes")
     p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--data_files", help="local Parquet files with a 'text' column (a glob), instead of the hub")
     args = p.parse_args(argv)
+    if args.max_tokens < 0 or args.num_proc < 1:
+        raise BadInput(f"--max_tokens must be >= 0 (0: all) and --num_proc >= 1, got {args.max_tokens}, {args.num_proc}")
     files = sorted(glob.glob(args.data_files)) if args.data_files else []
     if args.data_files and not files:
-        raise SystemExit(f"--data_files {args.data_files}: no file matches")
-    if already_prepared(args.out_dir, args.max_tokens):
+        raise BadInput(f"--data_files {args.data_files}: no file matches")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise BadInput(f"--out_dir {args.out_dir} is a file: name a folder")
+    done, sources = finished(args.out_dir), sources_of(files)
+    if done and (done.get("sources"), done.get("max_tokens")) == (sources, args.max_tokens):
         print(f"{args.out_dir} already holds this preparation (meta.json and both files complete): nothing to do")
         return
+    if done:
+        raise BadInput(f"--out_dir {args.out_dir} holds tokens prepared from other input ({done.get('corpus')}, "
+                       f"--max_tokens {done.get('max_tokens')}): choose another --out_dir, or delete its "
+                       f"meta.json to prepare these there instead")
+    check_parquet(files)
+    try:
+        import datasets
+        from tqdm import tqdm
+    except ImportError:
+        raise BadInput("this script needs Hugging Face datasets and tqdm: pip install datasets tqdm") from None
+    gpt2_encoding()  # fetch (or fail on) the vocabulary once, before the workers start
     os.makedirs(args.out_dir, exist_ok=True)
     # uint16 train + val (0.05%), with a margin; local Parquet holds fewer tokens than bytes (text is ~4 bytes a token)
     need = int(2 * (args.max_tokens or sum(map(os.path.getsize, files)) or FULL_TOKENS) * 1.01)
     free = shutil.disk_usage(args.out_dir).free
     if free < need:
-        raise SystemExit(f"{args.out_dir}: this needs about {need / 1e9:.1f} GB of free disk and {free / 1e9:.1f} GB "
-                         f"are free: free some, choose another --out_dir, or prepare a slice with --max_tokens")
-    try:
-        import datasets
-        from tqdm import tqdm
-    except ImportError:
-        raise SystemExit("this script needs Hugging Face datasets and tqdm: pip install datasets tqdm")
-    gpt2_encoding()  # fetch (or fail on) the vocabulary once, before the workers start
+        raise BadInput(f"{args.out_dir}: this needs about {need / 1e9:.1f} GB of free disk and {free / 1e9:.1f} GB "
+                       f"are free: free some, choose another --out_dir, or prepare a slice with --max_tokens")
     if files:  # in name order, so that the split is the same on every machine
         ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
         corpus, revision = f"local Parquet: {args.data_files} ({len(files)} files)", "local"
@@ -198,8 +251,10 @@ def main(argv=None):
             revision = HfApi().dataset_info(REPO).sha  # the commit the files came from, for meta.json
         except Exception:
             revision = "unknown"
-    meta = {"corpus": corpus, "revision": revision, "tokenizer": "gpt2", "datasets_version": datasets.__version__}
-    with tqdm(total=args.max_tokens or FULL_TOKENS, unit="tok", unit_scale=True, desc="tokenizing") as bar:
+    meta = {"corpus": corpus, "revision": revision, "sources": sources, "tokenizer": "gpt2",
+            "datasets_version": datasets.__version__}
+    total = args.max_tokens or (None if files else FULL_TOKENS)  # local files: their count is not known before
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="tokenizing") as bar:
         counts = prepare((row["text"] for row in ds), args.out_dir, gpt2_encoding, meta, args.max_tokens,
                          args.num_proc, progress=bar)
     print(f"wrote {args.out_dir}: train {counts['train']:,} tokens, val {counts['val']:,} tokens "

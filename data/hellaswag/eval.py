@@ -26,11 +26,32 @@ import torch.nn.functional as F
 VAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "val.jsonl")
 
 
+def is_example(ex):
+    """A HellaSwag example: its context (ctx, or activity_label, ctx_a, ctx_b), 2+ endings, the right one's index."""
+    if not (isinstance(ex, dict) and isinstance(ex.get("endings"), list) and len(ex["endings"]) >= 2):
+        return False
+    context = ("activity_label", "ctx_a", "ctx_b") if "ctx_a" in ex else ("ctx",)
+    return all(isinstance(t, str) for t in [ex.get(k) for k in context] + ex["endings"]) and \
+        type(ex.get("label")) is int and 0 <= ex["label"] < len(ex["endings"])
+
+
 @functools.cache
 def read(path=VAL):
-    """The examples prepare.py wrote, one per line (read once per process)."""
+    """The examples prepare.py wrote, one per line (read once per process). A file with none, or a line that is not
+    an example (a torn or edited file), is a ValueError that names it."""
+    examples = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            try:
+                ex = json.loads(line) if line.strip() else None
+            except ValueError:
+                ex = False
+            if ex is not None and not is_example(ex):
+                raise ValueError(f"{path}, line {i}, is not a HellaSwag example")
+            examples += [ex] if ex else []
+    if not examples:
+        raise ValueError(f"{path} holds no examples")
+    return examples
 
 
 def preprocess(text):  # lm-eval's hellaswag utils.preprocess
@@ -88,22 +109,27 @@ def scores(model, examples, encode, device, ctx, block_size):
 def main(argv=None):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     import ideaprune as ip
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ip.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out", help="the run whose ckpt.pt to score")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--data_dir", default="", help="the run's token folder, if it moved (for its meta.json)")
     p.add_argument("--file", default=VAL, help="the examples (default: the validation split prepare.py writes)")
-    args = p.parse_args(argv)
-    if not os.path.exists(args.file):
-        raise SystemExit(f"no {args.file}: run python data/hellaswag/prepare.py first")
-    model, cfg = ip.load_model(ip.ckpt_path(args.out_dir))
-    cfg = replace(cfg, device=args.device, data_dir=args.data_dir or cfg.data_dir)
-    ip.check_device(cfg)
-    device, ctx = ip.setup_device(cfg)
-    examples = read(args.file)
-    got = scores(model.to(device), examples, ip.tokenizer(cfg)[0], device, ctx, cfg.block_size)
-    print(f"hellaswag acc {got['acc']:.4f} | acc_norm {got['acc_norm']:.4f} | acc_per_token {got['acc_per_token']:.4f}"
-          f" ({len(examples):,} examples) | {ip.ckpt_path(args.out_dir)}")
+
+    def body():  # bad input: one line, exit 2 (ideaprune's run_command)
+        args = p.parse_args(argv)
+        try:
+            examples = read(args.file)
+        except OSError as e:
+            raise ip.ConfigError(f"--file {args.file}: {e.strerror}: run python data/hellaswag/prepare.py") from None
+        except ValueError as e:
+            raise ip.ConfigError(f"{e}: run python data/hellaswag/prepare.py again") from None
+        model, cfg = ip.load_model(ip.ckpt_path(args.out_dir))
+        cfg = replace(cfg, device=args.device)
+        ip.check_device(cfg)
+        device, ctx = ip.setup_device(cfg)
+        got = scores(model.to(device), examples, ip.tokenizer(cfg)[0], device, ctx, cfg.block_size)
+        print(f"hellaswag acc {got['acc']:.4f} | acc_norm {got['acc_norm']:.4f} | acc_per_token "
+              f"{got['acc_per_token']:.4f} ({len(examples):,} examples) | {ip.ckpt_path(args.out_dir)}")
+    ip.run_command(body)
 
 
 if __name__ == "__main__":
