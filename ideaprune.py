@@ -1,16 +1,17 @@
 """
 ideaprune.py: IDEA Prune (Li et al., arXiv 2503.05920) in one readable file.
 
-Train an ENLARGED decoder LM (wider FFN) and, in the same run, under ONE cosine LR schedule and ONE AdamW, prune its
-FFN down to the target width: neurons ranked by an EMA of their sensitivity |W * dW|, removed on a cubic schedule,
+Train an ENLARGED decoder LM (wider FFN) and, in the same run, under ONE LR schedule and ONE AdamW, prune its FFN
+down to the target width: neurons ranked by an EMA of their sensitivity |W * dW|, removed on a cubic schedule,
 sliced out of the weights and the AdamW state; the target-size model then finishes training ("recovery"). The
 paper: this beats the target trained from scratch on the same tokens, and pipelines that restart the LR per stage.
-Attention heads are units like neurons: --enlarge_attn 2 trains twice the heads and prunes them the same way.
+Attention heads can be pruned the same way (--enlarge_attn). Sections 1-8 are the method and its loop; 9-14 make
+it a training script. It runs alone; the scripts beside it (the README lists them) are imported where needed.
 
 Run manual
-  python ideaprune.py --preset demo                    # 2-core CPU, ~2.5 min: Shakespeare bytes, 1.08M -> 0.49M
+  python ideaprune.py --preset demo                    # 2-core CPU, minutes: Shakespeare bytes, 1.08M -> 0.49M
   python ideaprune.py --preset demo --pipeline scratch # the same tokens and schedule, target size from step 0
-  python ideaprune.py --preset cpu                     # a wider target, 1.87M -> 0.89M, ~4-5 min
+  python ideaprune.py --preset llama                   # a Llama-shaped target, 253 tokens per deployed parameter
   python ideaprune.py --preset demo --enlarge_attn 2 --ranking adaptive   # 8 heads -> 4 too; Adapt-Pruner's shares
   python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
   torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
@@ -19,15 +20,6 @@ Run manual
   python ideaprune.py --out_dir out --evaluate --sample --prompt "ROMEO."   # use a checkpoint (any step of a run)
   python ideaprune.py --out_dir out --export_hf out/hf # a Hugging Face LlamaForCausalLM directory
   python ideaprune.py --help                           # every knob and its default; any knob overrides a preset
-
-Files (this one runs alone, copied anywhere; the others are imported only where they are used)
-  ideaprune.py             sections 1-8: the method and its loop; 9-14: what makes it a real training script
-  data/*/prepare.py        token files: shakespeare (the default, prepared on first use), fineweb_edu (300m)
-  data/hellaswag/          prepare.py fetches HellaSwag; eval.py scores it as lm-eval does (called on GPT-2 data)
-  data/hf_export.py        --export_hf: a Hugging Face folder; data/gpt2_vocab.py: GPT-2's vocabulary offline
-  plots/figures.py         a run's figure from its log.jsonl (drawn at the end of a run when it is here)
-  plots/reproduce.py       the paper's figures from many runs: --compare, --ablation, --sweep; and --bench
-  test_ideaprune.py        pytest on CPU: parity checks and real tiny runs
 """
 import argparse
 import datetime
@@ -77,20 +69,18 @@ class Config:
     # model: Llama-style decoder; the enlarged and the target model differ in FFN width (and heads, --enlarge_attn)
     vocab_size: int = 256            # 256 = bytes; 50304 = GPT-2's 50257 padded to a multiple of 64
     n_layer: int = 4                 # transformer blocks
-    n_head: int = 4                  # attention heads per block
+    n_head: int = 4                  # attention heads per block (of the target; head_dim = n_embd / n_head)
     n_embd: int = 128                # d_model
     ffn_hidden: int = 384            # F_t: the target (deployed) FFN width of every layer
     enlarge: float = 2.6             # e: the enlarged width F_e = e * F_t, rounded up to a multiple of ffn_multiple
     ffn_multiple: int = 64           # F_e is rounded up to a multiple of this (GPU-friendly shapes)
-    enlarge_attn: float = 1.0        # e_attn: the enlarged model has H_e = e_attn * n_head heads of the same size, pruned
-                                     # to n_head like the FFN (1 = attention is not enlarged nor pruned)
+    enlarge_attn: float = 1.0        # e_attn: the enlarged model has e_attn * n_head heads, pruned like the FFN (1: not)
     # optimizer and the LR schedule
     max_steps: int = 800             # T: optimizer steps of the whole run, all phases together
     lr: float = 3e-3                 # eta_p: peak LR, reached after the warmup
     min_lr: float = 3e-5             # eta_e: LR at the end of the run (and of every stage when restarted)
     warmup_steps: int = 40           # linear warmup (of every stage when restarted)
-    decay_frac: float = 1.0          # the LR decays over this last part of a stage: 1 = cosine from the warmup on,
-                                     # < 1 = warmup-stable-decay (flat at eta_p, then the cosine down to eta_e)
+    decay_frac: float = 1.0          # the cosine to eta_e takes this last part of a stage (< 1: warmup-stable-decay)
     weight_decay: float = 0.1        # AdamW, on matrices and embeddings only
     beta1: float = 0.9               # AdamW beta1
     beta2: float = 0.95              # AdamW beta2
@@ -103,8 +93,7 @@ class Config:
     ema_warmup: int = 30             # steps of importance tracking before t_p (lambda^30 ~ 1e-9: enough history)
     f1: str = "mean"                 # reduce |W * dW| within one matrix, per neuron: mean | max | sum
     f2: str = "max"                  # combine the up/gate/down scores of a neuron: mean | max | sum
-    ranking: str = "layer"           # layer: every layer ends at F_t | global: one ranking, layer-adaptive widths |
-                                     # adaptive: Adapt-Pruner's per-layer counts from layer importance (section 6)
+    ranking: str = "layer"           # layer (every layer ends at F_t) | global | adaptive (Adapt-Pruner): section 6
     adapt_amp: float = 0.5           # A: with --ranking adaptive layer l keeps k (1 + A z_l) units, z_l in [-1, 1]
     compact_frac: float = 0.1        # compact once this fraction of a layer's width is masked (1 = only at the end)
     # evaluation, logging, checkpoints
@@ -123,25 +112,20 @@ class Config:
     peak_flops: float = 0.0          # peak bf16 FLOP/s of one accelerator, for MFU (0 = look the GPU up in a table)
     dist_timeout: float = 600.0      # torchrun: seconds a process waits for the others before the job ends
 
-    def __post_init__(self):
-        # A pipeline is a choice of the two knobs pruning and lr_schedule (PIPELINES below): fill the ones left
-        # empty here, when the Config is built, so that no function can ever see an unresolved config.
+    def __post_init__(self):  # the knobs a pipeline implies (PIPELINES), filled in once: no function sees them empty
         implied = PIPELINES.get(self.pipeline, ("", ""))
         self.pruning = self.pruning or implied[0]
         self.lr_schedule = self.lr_schedule or implied[1]
 
 PRESETS = {
-    # the defaults above: the whole integrated run in ~5 minutes on 2 CPU cores
-    "cpu": {},
-    # the cpu preset with an FFN-starved target (F_t = d_model, enlarged 4x to 512): here FFN width is the
-    # bottleneck, so enlarging pays and the paper's ordering shows; ~2.5 minutes a run
+    "cpu": {},  # the defaults above: a target FFN of 3 d_model, enlarged 2.6x
+    # FFN-starved: the target FFN is as wide as d_model (128), enlarged 4x to 512, so FFN width is the bottleneck
     "demo": dict(ffn_hidden=128, enlarge=4.0),
-    # token-rich and FFN-starved: 253 tokens per deployed parameter (5.7M tokens, 22.7k parameters); 2 layers of
-    # d_model 32 whose target FFN is as wide as d_model, enlarged 4x; LR 6e-3, the best of three on scratch
+    # token-rich and FFN-starved: 2 layers of d_model 32, F_t = d_model enlarged 4x; 253 tokens per deployed parameter
     "rich": dict(n_layer=2, n_head=2, n_embd=32, ffn_hidden=32, enlarge=4.0, ffn_multiple=16, max_steps=1400,
                  lr=6e-3, eval_every=200, ckpt_every=200),
     # token-rich and shaped like the paper's models: a Llama FFN (F_t = 88, about 8/3 d_model: two thirds of each
-    # block) enlarged 2.6x to 232; 253 tokens per deployed parameter (8.5M tokens, 33.4k parameters); LR as rich's
+    # block) enlarged 2.6x; 253 tokens per deployed parameter
     "llama": dict(n_layer=2, n_head=2, n_embd=32, ffn_hidden=88, enlarge=2.6, ffn_multiple=8, max_steps=2066,
                   lr=6e-3, eval_every=200, ckpt_every=200),
     # seconds on a CPU: what the tests run
@@ -155,7 +139,7 @@ PRESETS = {
                  sample_tokens=200),
 }
 
-# A pipeline is a choice of two orthogonal knobs, not a copy of the training loop (see section 4 and 6).
+# A pipeline is a choice of two orthogonal knobs, not a copy of the training loop (sections 4 and 6).
 PIPELINES = {                          # (pruning, lr_schedule)
     "integrated": ("iterative", "unified"),   # IDEA Prune: one cosine, cubic iterative pruning
     "scratch": ("none", "unified"),           # the target-size model, same tokens, same schedule
@@ -164,21 +148,6 @@ PIPELINES = {                          # (pruning, lr_schedule)
     "resumed": ("oneshot", "unified"),        # ablation: one-shot prune at t_p, the schedule simply continues
     "rewarmed": ("oneshot", "rewarm"),        # ablation: the same pruned start, recovery with a fresh warmup + cosine
 }
-# The values a text knob may take: argparse offers them as choices, and validate checks them.
-CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"), "tokenizer": ("",
-           "bytes", "gpt2"),
-           "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
-           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"), "dtype": ("auto", "float32", "bfloat16"),
-           "compile_backend": ("inductor", "aot_eager", "eager")}
-
-class ConfigError(ValueError):
-    """Bad input, caught before any training; the message says which knob and what to do."""
-
-def make_config(preset="cpu", **overrides):
-    """A Config from a preset and overrides, built in one go (so the pipeline's knobs resolve from the overrides)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
 
 def ffn_sizes(cfg):
     """(F_t, F_e): the target width and the enlarged width, F_e = e * F_t rounded up to a multiple.
@@ -191,54 +160,19 @@ def head_sizes(cfg):
     return cfg.n_head, math.ceil(round(cfg.enlarge_attn * cfg.n_head, 6))
 
 def unit_sizes(cfg):
-    """{kind: (target, enlarged) per layer} of every kind of unit a run prunes: "ffn" neurons, and "attn" heads when
-    --enlarge_attn > 1. A kind is the name of a Block's module."""
+    """{part: (target, enlarged)}: the units per layer of each part of a block that the run prunes, "ffn" (neurons)
+    and, with --enlarge_attn > 1, "attn" (heads); a part is the name of a Block's module."""
     H_t, H_e = head_sizes(cfg)
     return {"ffn": ffn_sizes(cfg), **({"attn": (H_t, H_e)} if H_e > H_t else {})}
-
-NAME = {"ffn": "FFN", "attn": "heads"}  # of the kinds of unit, in what a run prints
 
 def phase_steps(cfg):
     """(t_p, t_end): pruning runs over steps t_p .. t_end; one-shot pruning is a window of length 0."""
     t_p = round(cfg.prune_start * cfg.max_steps)
     return t_p, t_p + (0 if cfg.pruning == "oneshot" else round(cfg.prune_len * cfg.max_steps))
 
-def tokens_per_step(cfg):
-    return cfg.batch_size * cfg.block_size * cfg.grad_accum
-
-def flops_per_token(n_params, cfg, heads=None):
-    """Training FLOPs per token, forward + backward: 6 per parameter (a multiply-add forward, two backward) plus
-    attention's QK^T and AV, 12 * n_layer * d * T, not halved for the causal mask (PaLM, nanoGPT, nanochat); with
-    the layers' head counts, d is each layer's attention width heads * head_dim."""
-    width = sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head)
-    return 6 * n_params + 12 * width * cfg.block_size
-
 # ---- 2. Data: uint16 token files, random windows (nanoGPT) --------------------------------------------------------
 def dataset_path(cfg):
     return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
-
-def read_meta(cfg):  # what the data's prepare.py recorded in its meta.json ({} without one)
-    path = os.path.join(dataset_path(cfg), "meta.json")
-    try:
-        return json.load(open(path)) if os.path.isfile(path) else {}
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not JSON: prepare the data again") from None
-
-def tokenizer_kind(cfg):  # a run's own (its checkpoints name it), else its data's
-    return cfg.tokenizer or read_meta(cfg).get("tokenizer", "bytes")
-
-def tokenizer(cfg):
-    """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
-    if tokenizer_kind(cfg) == "gpt2":
-        import tiktoken
-        try:  # tiktoken downloads the GPT-2 vocabulary on first use, then reads it from its cache
-            enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:
-            raise ConfigError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): it is downloaded on "
-                              f"first use. Offline, set TIKTOKEN_CACHE_DIR to a warm cache (data/gpt2_vocab.py "
-                              f"builds one)") from None
-        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
-    return (lambda s: list(s.encode())), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
 
 class Data:
     """Random windows of block_size + 1 tokens. The generator's state goes into checkpoints (exact resume).
@@ -271,14 +205,6 @@ class Data:
             yield self._to_device(arr[starts[i:i + B, None] + np.arange(T + 1)])
 
 # ---- 3. Model: a Llama-style decoder whose FFN widths and head counts are per-layer lists --------------------------
-class RMSNorm(nn.Module):
-    def __init__(self, dim, eps=1e-5):
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-
 def rope_tables(head_dim, max_len, base=10000.0):
     """cos, sin of the rotation angles pos * base^(-2i/head_dim): (max_len, head_dim/2) each."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
@@ -350,8 +276,8 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg, width, heads):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg, heads)
-        self.ffn_norm, self.ffn = RMSNorm(cfg.n_embd), SwiGLU(cfg.n_embd, width)
+        self.attn_norm, self.attn = nn.RMSNorm(cfg.n_embd, eps=1e-5), Attention(cfg, heads)
+        self.ffn_norm, self.ffn = nn.RMSNorm(cfg.n_embd, eps=1e-5), SwiGLU(cfg.n_embd, width)
 
     def forward(self, x, cos, sin):
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -365,26 +291,23 @@ class GPT(nn.Module):
         self.block_size = cfg.block_size
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, w, h) for w, h in zip(widths, heads))
-        self.norm = RMSNorm(cfg.n_embd)
+        self.norm = nn.RMSNorm(cfg.n_embd, eps=1e-5)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied embeddings
         cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size)  # one head size, whatever the head counts
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-        # GPT-2 init: N(0, 0.02), the projections into the residual stream (o, down) scaled by 1/sqrt(2 * n_layer);
-        # W_q, W_k, W_v of a layer drawn as one (3 heads hd, d) matrix and split: the numbers of a fused qkv layout
+        # GPT-2 init, N(0, 0.02), with the projections into the residual stream (o, down) scaled by 1/sqrt(2 n_layer);
+        # in this order, W_q, W_k, W_v of a layer drawn as one (3 heads hd, d) matrix: the numbers every run started from
+        std, std_out = 0.02, 0.02 / math.sqrt(2 * cfg.n_layer)
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.dim() < 2 or name.endswith(("attn.k.weight", "attn.v.weight")):
-                    continue  # a gain (ones), or drawn with W_q
-                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(("attn.o.weight", "down.weight")) else 0.02
-                if name.endswith("attn.q.weight"):
-                    attn = self.get_submodule(name.removesuffix(".q.weight"))
-                    qkv = torch.empty(3 * p.shape[0], p.shape[1]).normal_(0.0, std).chunk(3)
-                    for lin, w in zip((attn.q, attn.k, attn.v), qkv):
-                        lin.weight.copy_(w)
-                else:
-                    p.normal_(0.0, std)
+            self.tok_emb.weight.normal_(0.0, std)
+            for b in self.blocks:
+                qkv = torch.empty(3 * b.attn.q.weight.shape[0], cfg.n_embd).normal_(0.0, std).chunk(3)
+                for lin, w in zip((b.attn.q, b.attn.k, b.attn.v), qkv):
+                    lin.weight.copy_(w)
+                for lin, s in ((b.attn.o, std_out), (b.ffn.gate, std), (b.ffn.up, std), (b.ffn.down, std_out)):
+                    lin.weight.normal_(0.0, s)
 
     def unit_modules(self, part):  # the modules that hold a part's units ("ffn": neurons, "attn": heads), per layer
         return [getattr(b, part) for b in self.blocks]
@@ -609,43 +532,40 @@ class Run:
     accum: int = 1                    # this rank's micro-steps per step: grad_accum / world
     n_alive: dict = None              # alive units per part per layer, counted on prune steps only (no sync per step)
     t0: float = 0.0                   # wall clock of step 0: a resumed run carries its earlier wall time over
-    peak: float = None                # peak FLOP/s of one accelerator, for MFU (None: not known, none printed)
-    sec_per_flop: float = None        # a running average of the step time per FLOP, for the ETA
-    fresh: bool = True                # the model was (re)wrapped: the next step compiles, keep it out of the ETA
     signal: int = None                # SIGTERM or SIGINT received by this process
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
-def prune_and_compact(run, step):
-    """A prune step (section 6's contract): masks down to keep_at(step) units of each part per layer, then compaction
-    (section 7) once compact_frac of a layer is masked, and always at t_end. True when it replaced Parameters."""
-    cfg, raw_model = run.cfg, run.raw_model
-    sizes, (t_p, t_end) = unit_sizes(cfg), phase_steps(cfg)
+def prune(run, step):
+    """A prune step (section 6's contract): each pruned part's masks shrink to keep_at(step) units per layer. Every
+    rank ranks the same all-reduced importance, so all keep the same units (the DDP test)."""
+    cfg, (t_p, t_end) = run.cfg, phase_steps(run.cfg)
     if step == t_p:
         run.log.event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, lambda "
-                            f"{cfg.ema_beta}): {', '.join(f'{NAME[k]} {e} -> {t}' for k, (t, e) in sizes.items())} "
-                            f"per layer by step {t_end}")
-    layer_imp = None  # adaptive: measured now, on a fixed training batch (the evaluation's first): on every rank alike
+                            f"{cfg.ema_beta}): {arrows({p: (e, t) for p, (t, e) in unit_sizes(cfg).items()})} per "
+                            f"layer by step {t_end}")
+    layer_imp = None  # adaptive: measured now, on a fixed batch (the evaluation's first): the same on every rank
     if cfg.ranking == "adaptive":
         with run.ctx:
-            x = run.data.batch("train", torch.Generator().manual_seed(cfg.seed + 1))[0]
-            layer_imp = layer_importance(raw_model, x)
-    for part in sizes:  # every rank ranks the same all-reduced importance: all keep the same units (the DDP test)
-        prune_(raw_model, run.optimizer, run.importance[part], run.alive[part], keep_at(step, cfg, part), cfg, part,
-               layer_imp)
+            layer_imp = layer_importance(run.raw_model, next(fixed_batches(run, "train"))[0])
+    for part, importance in run.importance.items():
+        prune_(run.raw_model, run.optimizer, importance, run.alive[part], keep_at(step, cfg, part), cfg, part, layer_imp)
     run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
-    masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # still allocated
-    compacted = masked > 0 and (masked >= cfg.compact_frac or step == t_end)
-    if compacted:
-        before, before_p = mean_units(raw_model, sizes), raw_model.num_params()
-        for part in sizes:
-            compact_(raw_model, run.optimizer, run.importance[part], run.alive[part], part)
-        after = mean_units(raw_model, sizes)
-        run.log.event(step, f"compacted {', '.join(f'{NAME[k]} {before[k]:g} -> {after[k]:g}' for k in sizes)} per "
-                            f"layer, {fmt_params(before_p)} -> {fmt_params(raw_model.num_params())} params")
     if step == t_end:
-        run.log.event(step, f"pruning done, recovery from here: FFN widths {raw_model.ffn_widths}" +
-                            f", heads {raw_model.heads}" * ("attn" in sizes))
-    return compacted
+        run.log.event(step, f"pruning done, recovery from here: {widths_text(run.n_alive)}")
+
+def compact(run, step):
+    """Compaction (section 7), once compact_frac of a layer's units are masked, and at t_end: True when it replaced
+    Parameters."""
+    masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # but still allocated
+    if not masked or (masked < run.cfg.compact_frac and step < phase_steps(run.cfg)[1]):
+        return False
+    before, params = mean_units(run.raw_model, run.alive), run.raw_model.num_params()
+    for part, importance in run.importance.items():
+        compact_(run.raw_model, run.optimizer, importance, run.alive[part], part)
+    after = mean_units(run.raw_model, run.alive)
+    run.log.event(step, f"compacted {arrows({p: (before[p], after[p]) for p in before})} per layer, "
+                        f"{fmt_params(params)} -> {fmt_params(run.raw_model.num_params())} params")
+    return True
 
 def train_step(run, model, step):
     """One optimization step: accumulate gradients over this rank's micro-batches, track the importance, clip,
@@ -701,13 +621,15 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
             if step != run.last_ckpt:  # (a resumed run's checkpoint was written after these: not twice)
                 if step % cfg.eval_every == 0 or last_step:
                     eval_and_log(run, model, step)
-                if is_prune_step(step, cfg) and prune_and_compact(run, step):
-                    model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
+                if is_prune_step(step, cfg):
+                    prune(run, step)  # section 6: the masks shrink to keep_at(step) units per layer
+                    if compact(run, step):  # section 7, when due: masked units leave the weights and AdamW's state
+                        model = wrap(run)  # new Parameters: the compiled graph and DDP must follow
             if step > start and (step % cfg.ckpt_every == 0 or stop):
                 save_checkpoint(run, step)  # rank 0 writes
             if stop:
                 break
-            # -- one optimization step, then its log line --
+            # -- one optimization step at lr_at(step) (section 4), tracking the importance (5), then its log line --
             lr, loss, norm, dt = train_step(run, model, step)
             log_step(run, step, lr, loss, norm, dt)
         final = finish_run(run, model) if last_step else None
@@ -722,16 +644,16 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
         run.log.close()
 
 # ---- 9. Run setup: build or resume, DDP, compile, stop signals ----------------------------------------------------
-WHERE = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops", "dist_timeout")  # not trained
-# What --resume may change: where the run goes, how it reports, a moved dataset, the LR from here on (the divergence
-# advice); any other knob would make it a different run than the one its checkpoint began.
-RESUMABLE = WHERE + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_iters", "log_every", "ckpt_every",
-                     "sample_tokens")
+NOT_TRAINED = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops", "dist_timeout")
+# What --resume may change: where the run goes and how it reports, a moved dataset, the LR from here on (the
+# divergence advice); any other knob would make it another run than the one its checkpoint began.
+RESUMABLE = NOT_TRAINED + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_iters", "log_every", "ckpt_every",
+                           "sample_tokens")
 
 def resume_config(cfg, ckpt, given=None):
-    """(config, changes): the checkpoint's config with the knobs in given (the command line's; from code, cfg's WHERE)
-    and the out_dir it was found in, applied if RESUMABLE; any other knob that differs is refused, by name."""
-    old, given = Config(**ckpt["config"]), {k: getattr(cfg, k) for k in WHERE} if given is None else given
+    """(config, changes): the checkpoint's config with the knobs given (from code: cfg's NOT_TRAINED) applied if
+    RESUMABLE, and the out_dir it was found in; any other knob that differs is refused, by name."""
+    old, given = Config(**ckpt["config"]), {k: getattr(cfg, k) for k in NOT_TRAINED} if given is None else given
     changed = {k: v for k, v in {**given, "out_dir": cfg.out_dir}.items() if v != getattr(old, k)}
     fixed = [f"--{k} {v}" for k, v in changed.items() if k not in RESUMABLE]
     need(not fixed, f"--resume goes on with the run's own config, so it cannot change {', '.join(fixed)} (only "
@@ -739,9 +661,8 @@ def resume_config(cfg, ckpt, given=None):
     return replace(old, **changed), [f"--{k} {v} (was {getattr(old, k)})" for k, v in changed.items()]
 
 def start_run(cfg, resume, overwrite=False, given=None):
-    """Build everything a run needs (model, AdamW, importance, masks, data, log) or restore it from
-    out_dir/ckpt.pt, once section 13 has checked the input; out_dir is locked and its log written only once the
-    model is built (so an --overwrite that fails before leaves the old run as it was). Then print what it will do."""
+    """Build everything a run needs (model, AdamW, importance, masks, data, log), or restore it from out_dir/ckpt.pt,
+    once section 13 has checked the input; out_dir is locked and its log written only once the model is built."""
     ckpt, changed = read_checkpoint(ckpt_path(cfg.out_dir)) if resume else None, []
     if ckpt:
         cfg, changed = resume_config(cfg, ckpt, given)
@@ -750,31 +671,29 @@ def start_run(cfg, resume, overwrite=False, given=None):
     check_inputs(cfg, resume, overwrite, world)  # nothing is written before this line
     cfg = replace(cfg, tokenizer=tokenizer_kind(cfg))  # named in every checkpoint: read without the data
     device, ctx = setup_device(cfg)
-    pruned = {part: [t if cfg.pruning == "none" else e] * cfg.n_layer for part, (t, e) in unit_sizes(cfg).items()}
+    initial = {part: [t if cfg.pruning == "none" else e] * cfg.n_layer for part, (t, e) in unit_sizes(cfg).items()}
     torch.manual_seed(cfg.seed)  # the same seed on every rank: the same initial model
-    widths, heads = (ckpt["widths"], ckpt["heads"]) if ckpt else (pruned["ffn"], pruned.get("attn"))  # per layer
-    raw_model = GPT(cfg, widths, heads).to(device)
-    modules = {part: raw_model.unit_modules(part) for part in pruned}  # the parts pruned: ffn (and attn)
+    sizes = (ckpt["widths"], ckpt["heads"]) if ckpt else (initial["ffn"], initial.get("attn"))  # per layer
+    raw_model = GPT(cfg, *sizes).to(device)
+    modules = {part: raw_model.unit_modules(part) for part in initial}  # the parts pruned: ffn (and attn)
     optimizer = make_optimizer(raw_model, cfg, device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    log = RunLog(cfg, ckpt and ckpt["progress"], rank, world)  # locks out_dir first: one run per out_dir
+    log = RunLog(cfg, ckpt and ckpt["progress"], rank, world, peak_flops(cfg, device))  # locks out_dir first
     if rank == 0:
         describe(cfg)
-    run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, optimizer,
-              importance={k: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
-                          for k, ms in modules.items()},  # a row per matrix: up, gate, down; q, k, v, o
-              alive={k: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for k, ms in modules.items()},
+    run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, optimizer, log=log, rank=rank, world=world,
+              importance={p: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
+                          for p, ms in modules.items()},  # a row per matrix: up, gate, down; q, k, v, o
+              alive={p: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for p, ms in
+                     modules.items()},
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
-                        "params_start": raw_model.num_params()},
-              log=log, rank=rank, world=world, accum=cfg.grad_accum // world, peak=peak_flops(cfg, device))
+                        "params_start": raw_model.num_params()}, accum=cfg.grad_accum // world)
     if ckpt:
         restore_checkpoint(run, ckpt)
-    run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
-    if world > 1:
-        run.log.say(f"DDP: {world} processes, {run.accum} micro-steps each")
-    if ckpt:
         log.say(f"resumed from {ckpt_path(cfg.out_dir)} at step {run.progress['step']}" + ", with " * bool(changed) +
                 ", ".join(changed))
+    run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
+    log.say(f"DDP: {world} processes, {run.accum} micro-steps each" if world > 1 else "")
     run.t0 = time.time() - run.progress["wall_s"]
     return run
 
@@ -795,9 +714,8 @@ def device_name(cfg):
 def setup_device(cfg):
     """The device and the autocast context (bf16 on CUDA). Under torchrun each rank takes the GPU of its LOCAL_RANK."""
     device = torch.device(device_name(cfg))
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" and \
+        torch.cuda.is_bf16_supported() else "float32"
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -805,19 +723,17 @@ def setup_device(cfg):
     return device, ctx
 
 def wrap(run):
-    """The model the step calls: run.raw_model, compiled with --compile, inside DDP under torchrun (nanoGPT's
-    order). Built again after every compaction, which replaces Parameters that both hold on to: DDP's gradient
-    hooks and its buckets, and the compiled graph's guards."""
+    """The model the step calls: run.raw_model, compiled with --compile, inside DDP under torchrun (nanoGPT's order);
+    built again after every compaction, whose new Parameters DDP's hooks and the compiled graph's guards must see."""
     model = run.raw_model
-    if run.cfg.compile:
-        # The old widths' graphs can never run again: drop them. Kept, they would count towards dynamo's recompile_limit
-        # (8: ~4 widths, training + evaluation), past which the run falls back to eager without a word: fail instead.
+    if run.cfg.compile:  # the old widths' graphs can never run again: drop them (kept, they would count towards
+        # dynamo's recompile_limit, 8, past which the run falls back to eager without a word: fail instead)
         torch._dynamo.reset()
         torch._dynamo.config.fail_on_recompile_limit_hit = True
         model = torch.compile(model, backend=run.cfg.compile_backend)
     if run.world > 1:
         model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    run.fresh = True
+    run.log.fresh = True
     return model
 
 def unwrap_ddp(model):  # the model without DDP (compiled if it was): rank 0 evaluates alone, with no collectives
@@ -831,8 +747,8 @@ class Interrupted(Exception):
         self.signum = signum
 
 def catch_stop_signals(run):
-    """SIGTERM (a scheduler's notice) or Ctrl-C only set a flag: the loop checkpoints at the next step boundary and
-    stops; a second Ctrl-C stops at once. Returns the handlers it replaced, to put back."""
+    """SIGTERM (a scheduler's notice) or Ctrl-C set a flag: the loop checkpoints at the step's end and stops; a second
+    Ctrl-C stops at once. Returns the handlers it replaced."""
     def on_signal(signum, frame):
         if run.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -853,24 +769,24 @@ def log_path(out_dir):
     return os.path.join(out_dir, "log.jsonl")
 
 def lock_out_dir(out_dir, rank=0, world=1):
-    """One run per out_dir, for its whole life: rank 0 holds an OS lock on out_dir/lock, which dies with the process
-    (kill -9 leaves no stale lock). A second run is refused on every rank, with the PID of the one that holds it."""
-    lock, holder = None, [None]  # holder: the PID of another run that holds it
+    """One run per out_dir: rank 0 holds an OS lock on out_dir/lock for the run's life, which dies with the process
+    (kill -9 leaves no stale lock); a second run is refused on every rank, with the holder's PID."""
+    lock, holder = None, [None]
     if rank == 0:
         lock = open(os.path.join(out_dir, "lock"), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")  # ours: our PID, for the message a second run gets
+            lock.flush()
         except BlockingIOError:
             holder = [open(lock.name).read().strip() or "?"]
             lock.close()
+            lock = None
     if world > 1:
         dist.broadcast_object_list(holder)
     need(holder[0] is None, f"--out_dir {out_dir} is in use by process {holder[0]} (a run, a resume or a suite arm): "
                             f"wait for it, stop it, or choose another --out_dir")
-    if lock:  # ours now: our PID, for the message a second run gets
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
     return lock
 
 class RunFailed(RuntimeError):
@@ -892,8 +808,8 @@ def last_checkpoint(run, diverged=False):
             f"continue from it{' with half the LR' * diverged}: {resume_command(run.cfg.out_dir, run.world, lr)}")
 
 def save_checkpoint(run, step):
-    """Everything exact resume needs, in out_dir/ckpt.pt. Loadable with torch.load(path, weights_only=True).
-    Nothing non-finite is ever written: a checkpoint of a diverged model would replace the last good one."""
+    """Everything exact resume needs, in out_dir/ckpt.pt (torch.load(path, weights_only=True) reads it). Nothing
+    non-finite is ever written: a checkpoint of a diverged model would replace the last good one."""
     if not all(torch.isfinite(p).all() for p in run.raw_model.parameters()):  # the same on every rank
         raise Diverged(f"the weights are not finite at step {step}; no checkpoint written. {last_checkpoint(run, True)}")
     if run.rank != 0:
@@ -923,8 +839,7 @@ def save_checkpoint(run, step):
     run.last_ckpt = step
 
 def read_checkpoint(path):
-    """torch.load a checkpoint, or a ConfigError that names the file, says why and what to do; the file is left
-    as it was (a truncated copy, another file, a checkpoint of another version)."""
+    """torch.load a checkpoint, in this version's layout; or a ConfigError that names the file and says why."""
     if not os.path.exists(path):
         raise ConfigError(f"no checkpoint at {path}")
     try:
@@ -932,8 +847,7 @@ def read_checkpoint(path):
         if any(k not in ckpt for k in CKPT_KEYS):
             raise ValueError(f"it has no {', '.join(k for k in CKPT_KEYS if k not in ckpt)}")
         if ckpt.get("version", 1) > CKPT_VERSION:
-            raise ValueError(f"it was written by a newer ideaprune (checkpoint version {ckpt['version']}, "
-                             f"this one reads up to {CKPT_VERSION})")
+            raise ValueError(f"version {ckpt['version']}, of a newer ideaprune; this one reads up to {CKPT_VERSION}")
         Config(**ckpt["config"])  # a knob this version does not know: from another version
         upgrade_checkpoint(ckpt)
     except Exception as e:
@@ -953,20 +867,18 @@ def upgrade_checkpoint(ckpt):
         cfg["tokenizer"] = "bytes" if cfg["vocab_size"] == 256 else "gpt2"  # by the vocabulary, as the presets set it
         print(f"note: a version-{version} checkpoint names no tokenizer: its vocabulary of {cfg['vocab_size']} is "
               f"read as {cfg['tokenizer']}")
-        def split(name, t):  # [(new name, tensor)]
-            if ".attn.qkv." in name:
-                return [(name.replace(".qkv.", f".{n}."), c.clone()) for n, c in zip("qkv", t.chunk(3))]
-            return [(name.replace(".attn.proj.", ".attn.o."), t)]
-        names = [n for n in model if n != "lm_head.weight"]  # the Parameters (the tied matrix once), in AdamW's
-        names = [n for n in names if model[n].dim() > 1] + [n for n in names if model[n].dim() == 1]  # numbering
-        numbers, state, count = {}, {}, 0
-        for i, name in enumerate(names):  # old number i -> its new numbers
-            numbers[i] = list(range(count, count + len(split(name, model[name]))))
-            count += len(numbers[i])
-            old = opt["state"].get(i, {})
-            moments = {m: [t for _, t in split(name, old[m])] for m in ("exp_avg", "exp_avg_sq") if m in old}
+        def split(name, t):  # an entry of the old layout -> [(name, tensor)] of this one
+            if ".attn.qkv." not in name:
+                return [(name.replace(".attn.proj.", ".attn.o."), t)]
+            return [(name.replace(".qkv.", f".{n}."), c.clone()) for n, c in zip("qkv", t.chunk(3))]
+        params = [n for n in model if n != "lm_head.weight"]  # the Parameters (the tied matrix once), in AdamW's
+        params = sorted(params, key=lambda n: model[n].dim() == 1)  # numbering: matrices first, then gains
+        numbers, state = [], {}  # numbers[i]: the new numbers of old Parameter i
+        for i, name in enumerate(params):
+            first, old = sum(map(len, numbers)), opt["state"].get(i)
+            numbers.append(range(first, first + len(split(name, model[name]))))
             for j, n in enumerate(numbers[i] if old else ()):
-                state[n] = {"step": old["step"].clone(), **{m: parts[j] for m, parts in moments.items()}}
+                state[n] = {m: s.clone() if m == "step" else split(name, s)[j][1] for m, s in old.items()}
         opt["state"] = state
         for group in opt["param_groups"]:
             group["params"] = [n for i in group["params"] for n in numbers[i]]
@@ -986,8 +898,7 @@ def restore_checkpoint(run, ckpt):
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 def load_model(path, device="cpu"):
-    """The model of a checkpoint, at the end of a run or from its middle: units masked but not yet compacted are
-    sliced out (they are zero: the outputs do not change), so it is the deployed model at its sizes."""
+    """The deployed model of a checkpoint, of any step: masked units not yet compacted (zero) are sliced out."""
     ckpt = read_checkpoint(path)
     cfg = Config(**ckpt["config"])
     model = GPT(cfg, ckpt["widths"], ckpt["heads"])
@@ -997,7 +908,29 @@ def load_model(path, device="cpu"):
             model.compact([a.nonzero().squeeze(1) for a in alive], part)
     return model.to(device), cfg
 
-# ---- 11. Evaluation, sampling, export -----------------------------------------------------------------------------
+# ---- 11. Text, evaluation, sampling, export -----------------------------------------------------------------------
+def read_meta(cfg):  # what the data's prepare.py recorded in its meta.json ({} without one)
+    path = os.path.join(dataset_path(cfg), "meta.json")
+    try:
+        return json.load(open(path)) if os.path.isfile(path) else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not JSON: prepare the data again") from None
+
+def tokenizer_kind(cfg):  # a run's own (its checkpoints name it), else its data's
+    return cfg.tokenizer or read_meta(cfg).get("tokenizer", "bytes")
+
+def tokenizer(cfg):
+    """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
+    if tokenizer_kind(cfg) == "gpt2":
+        import tiktoken
+        try:  # tiktoken downloads the GPT-2 vocabulary on first use, then reads it from its cache
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:
+            raise ConfigError(f"tiktoken could not load the GPT-2 vocabulary ({type(e).__name__}): offline, set "
+                              f"TIKTOKEN_CACHE_DIR to a warm cache (data/gpt2_vocab.py builds one)") from None
+        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+    return (lambda s: list(s.encode())), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+
 @torch.no_grad()
 def evaluate_full(model, data, ctx, split="val"):
     """Token-weighted mean loss over every non-overlapping window of the split: the number the README reports."""
@@ -1010,17 +943,21 @@ def evaluate_full(model, data, ctx, split="val"):
     model.train()
     return total / count
 
+def fixed_batches(run, split):
+    """The evaluation's eval_iters batches of a split: the same at every call and in every pipeline (seed + 1: train,
+    + 2: val), drawn apart from training's."""
+    gen = torch.Generator().manual_seed(run.cfg.seed + 1 + (split == "val"))
+    return (run.data.batch(split, gen) for _ in range(run.cfg.eval_iters))
+
 @torch.no_grad()
 def eval_and_log(run, model, step):
-    """The loop's periodic evaluation, on rank 0 (the other ranks go on to the next collective and wait there): the
-    mean loss on eval_iters batches per split, the same batches at every call and in every pipeline."""
+    """The loop's periodic evaluation, on rank 0 (the others wait at the next collective): the mean loss on the
+    fixed batches of each split, and HellaSwag where it is prepared."""
     if run.rank == 0:
         model, est = unwrap_ddp(model).eval(), {}
-        for i, split in enumerate(("train", "val")):
-            gen = torch.Generator().manual_seed(run.cfg.seed + 1 + i)  # the eval seeds: fixed, apart from training's
+        for split in ("train", "val"):
             with run.ctx:
-                est[split] = sum(model(*run.data.batch(split, gen))[1].item() for _ in range(run.cfg.eval_iters))
-            est[split] /= run.cfg.eval_iters
+                est[split] = sum(model(x, y)[1].item() for x, y in fixed_batches(run, split)) / run.cfg.eval_iters
         model.train()
         hs = hellaswag(model, run.cfg, run.device, run.ctx)
         run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
@@ -1039,8 +976,8 @@ def beside(path):
 HELLASWAG = os.path.join(ROOT, "data", "hellaswag", "val.jsonl")  # python data/hellaswag/prepare.py writes it
 
 def hellaswag(model, cfg, device, ctx):
-    """{"hellaswag_acc", "hellaswag_acc_norm", ...}: lm-eval's zero-shot accuracies (data/hellaswag/eval.py) on GPT-2
-    BPE data once it is prepared, else {}."""
+    """{"hellaswag_acc", "hellaswag_acc_norm", ...}: lm-eval's zero-shot accuracies, data/hellaswag/eval.py's, on
+    GPT-2 data once it is prepared, else {}."""
     if tokenizer_kind(cfg) != "gpt2" or not os.path.exists(HELLASWAG):
         return {}
     hs = beside("data/hellaswag/eval.py")
@@ -1064,8 +1001,8 @@ def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, to
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
 def export_hf(model, cfg, path, overwrite=False, reading="."):
-    """path as a Hugging Face LlamaForCausalLM folder, written whole or not at all by data/hf_export.py (our model is
-    a Llama: see there); --overwrite replaces only an earlier export. reading: the run's folder, never replaced."""
+    """path as a Hugging Face LlamaForCausalLM folder, written whole or not at all (data/hf_export.py); overwrite
+    replaces only an earlier export, never reading (the run's folder)."""
     try:
         return beside("data/hf_export.py").export(model, cfg, path, overwrite, reading)
     except ImportError:
@@ -1076,12 +1013,26 @@ def export_hf(model, cfg, path, overwrite=False, reading="."):
         raise RunFailed(str(e)) from None
 
 # ---- 12. Logging: the printed config, log.jsonl, the log line, the summary (the figure: plots/figures.py) ---------
-def phase_of(step, cfg):
-    t_p, t_end = phase_steps(cfg)
-    return "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
+def tokens_per_step(cfg):
+    return cfg.batch_size * cfg.block_size * cfg.grad_accum
 
-def mean_units(model, kinds):  # {"ffn": 400.0, "attn": 6.5}: the mean per layer of each kind
-    return {k: float(np.mean([m.n_units for m in model.unit_modules(k)])) for k in kinds}
+def flops_per_token(n_params, cfg, heads=None):
+    """Training FLOPs per token, forward + backward: 6 per parameter (a multiply-add forward, two backward) plus
+    attention's QK^T and AV, 12 * n_layer * d * T, not halved for the causal mask (PaLM, nanoGPT, nanochat); with
+    the layers' head counts, d is each layer's attention width heads * head_dim."""
+    width = sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head)
+    return 6 * n_params + 12 * width * cfg.block_size
+
+PART_NAMES = {"ffn": "FFN", "attn": "heads"}  # in what a run prints
+
+def mean_units(model, parts):  # {"ffn": 400.0, "attn": 6.5}: the mean units per layer of each part
+    return {p: float(np.mean([m.n_units for m in model.unit_modules(p)])) for p in parts}
+
+def arrows(changes):  # {"ffn": (512, 128), "attn": (8, 4)} -> "FFN 512 -> 128, heads 8 -> 4"
+    return ", ".join(f"{PART_NAMES[p]} {a:g} -> {b:g}" for p, (a, b) in changes.items())
+
+def widths_text(units):  # {"ffn": [128, 128], "attn": [4, 4]} -> "FFN widths [128, 128], heads [4, 4]"
+    return ", ".join(f"FFN widths {u}" if p == "ffn" else f"heads {u}" for p, u in units.items())
 
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
@@ -1099,7 +1050,7 @@ def peak_flops(cfg, device):
 
 def mfu(flops, seconds, run):
     """Model FLOPs utilization: the model's FLOPs (section 1) per second per accelerator over its peak."""
-    return flops / seconds / run.world / run.peak if run.peak else None
+    return flops / seconds / run.world / run.log.peak if run.log.peak else None
 
 def param_counts(cfg):
     """{"enlarged": n, "target": n}: the two models' parameters, counted on the meta device (nothing allocated)."""
@@ -1109,16 +1060,14 @@ def param_counts(cfg):
 
 def describe(cfg):
     """Print the resolved config and the numbers derived from it, once, before anything runs."""
-    (t_p, t_end), L = phase_steps(cfg), cfg.n_layer
-    (F_t, F_e), (H_t, H_e) = ffn_sizes(cfg), head_sizes(cfg)
-    tps, T = tokens_per_step(cfg), cfg.max_steps
+    (t_p, t_end), (H_t, H_e), tps, T = phase_steps(cfg), head_sizes(cfg), tokens_per_step(cfg), cfg.max_steps
     print("config:", json.dumps(asdict(cfg), indent=1))
     counts = param_counts(cfg)
-    for name, w, h in (("enlarged", F_e, H_e), ("target", F_t, H_t)):
-        n, ffn_params = counts[name], 3 * cfg.n_embd * w * L
-        print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * (H_e > H_t) + f" per layer | {fmt_params(n)} "
-              f"params, FFN {fmt_params(ffn_params)} ({100 * ffn_params / n:.0f}%) | "
-              f"{flops_per_token(n, cfg, [h] * L) / 1e6:.1f} MFLOP per token")
+    for name, w, h in (("enlarged", ffn_sizes(cfg)[1], H_e), ("target", cfg.ffn_hidden, H_t)):
+        n, ffn_params = counts[name], 3 * cfg.n_embd * w * cfg.n_layer
+        print(f"{name:8s} model: FFN {w:5d}" + f", {h} heads" * (H_e > H_t) + f" per layer | {fmt_params(n)} params, "
+              f"FFN {fmt_params(ffn_params)} ({100 * ffn_params / n:.0f}%) | "
+              f"{flops_per_token(n, cfg, [h] * cfg.n_layer) / 1e6:.1f} MFLOP per token")
     print(f"tokens: {tps:,} per step ({cfg.batch_size} seq x {cfg.block_size} ctx x {cfg.grad_accum} accum), "
           f"{tps * T / 1e6:.2f}M in {T} steps: {tps * T / counts['target']:,.1f} per deployed parameter")
     recovery = f"{t_end}-{T - 1} ({tps * (T - t_end) / 1e6:.2f}M tok)" if T > t_end else "none"
@@ -1131,8 +1080,7 @@ def describe(cfg):
 def read_log(path):
     """log.jsonl's records. A last line cut short (a kill, a full disk) is left out with a note (a resume writes the
     log again without it); a bad line anywhere else is an error that names it."""
-    with open(path, "rb") as f:
-        lines, records = f.read().splitlines(), []
+    lines, records = open(path, "rb").read().splitlines(), []
     for i, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
@@ -1140,19 +1088,21 @@ def read_log(path):
             record = None
         if isinstance(record, dict) and "kind" in record:
             records.append(record)
-            continue
-        need(i == len(lines), f"{path}, line {i}, is not a record of a run: restore the file from a copy, or "
-                              f"delete that line (what the figures and tables lose with it)")
-        print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
+        elif i < len(lines):
+            raise ConfigError(f"{path}, line {i}, is not a record of a run: restore the file from a copy, or delete "
+                              f"that line (what the figures and tables lose with it)")
+        else:
+            print(f"note: the last line of {path} is cut short (a kill, a full disk?): left out")
     return records
 
 class RunLog:
     """out_dir/log.jsonl, what the plots read: a header (the config, the phase boundaries), a record per step, eval
     and event, a final record. It is on disk whenever a checkpoint is (sync), and the checkpoint counts its records:
     a resumed run keeps exactly those and drops the rest (written again, the same). Opened after out_dir's lock."""
-    def __init__(self, cfg, resumed=None, rank=0, world=1):  # resumed: the progress of the checkpoint resumed from
+    def __init__(self, cfg, resumed=None, rank=0, world=1, peak=None):  # resumed: the progress of the checkpoint
         self.lock = lock_out_dir(cfg.out_dir, rank, world)
         self.master, self.file, self.count = rank == 0, None, 0  # under torchrun only rank 0 logs, prints and plots
+        self.peak, self.sec_per_flop, self.fresh = peak, None, True  # for MFU, the ETA; fresh: the next step compiles
         if self.master:
             path, (F_t, F_e), (t_p, t_end) = log_path(cfg.out_dir), ffn_sizes(cfg), phase_steps(cfg)
             header = {"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p, "t_end": t_end,
@@ -1182,8 +1132,8 @@ class RunLog:
         os.fsync(self.file.fileno())
         return self.count
 
-    def say(self, line):
-        if self.master:
+    def say(self, line):  # print on rank 0 (an empty line: nothing)
+        if self.master and line:
             print(line)
 
     def event(self, step, what):
@@ -1208,31 +1158,32 @@ def log_step(run, step, lr, loss, norm, dt):
     """Count the step's tokens and FLOPs (at the physical size: masked, not yet compacted neurons still cost),
     write its record, and print the log line every log_every steps (on a GPU with MFU and peak memory)."""
     cfg, progress = run.cfg, run.progress
-    phase, n_params, tps = phase_of(step, cfg), run.raw_model.num_params(), tokens_per_step(cfg)
+    (t_p, t_end), n_params, tps = phase_steps(cfg), run.raw_model.num_params(), tokens_per_step(cfg)
+    phase = "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
     step_flops = flops_per_token(n_params, cfg, run.raw_model.heads) * tps
     progress["tokens"] += tps
     progress["flops"][phase] = progress["flops"].get(phase, 0.0) + step_flops
     progress["train_s"] += dt
     progress["wall_s"] = time.time() - run.t0
-    if run.fresh and cfg.compile:
-        run.log.event(step, f"compiled for FFN widths {run.raw_model.ffn_widths}" + f", heads {run.raw_model.heads}" *
-                            ("attn" in run.alive) + f": this step took {dt:.1f} s")
-    if not run.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
-        run.sec_per_flop = dt / step_flops if run.sec_per_flop is None else 0.9 * run.sec_per_flop + 0.1 * dt / step_flops
-    run.fresh = False
-    alive = {kind: float(np.mean(n)) for kind, n in run.n_alive.items()}  # "ffn": the mean alive width, "attn"
-    run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, **alive,
+    log = run.log
+    if log.fresh and cfg.compile:
+        widths = {"ffn": run.raw_model.ffn_widths, "attn": run.raw_model.heads}
+        log.event(step, f"compiled for {widths_text({p: widths[p] for p in run.alive})}: this step took {dt:.1f} s")
+    elif not log.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
+        log.sec_per_flop = 0.9 * (log.sec_per_flop or dt / step_flops) + 0.1 * dt / step_flops
+    log.fresh = False
+    mean_alive = {part: float(np.mean(n)) for part, n in run.n_alive.items()}  # "ffn": the mean width, "attn"
+    run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, **mean_alive,
                   params=n_params, phase=phase, ms=1000 * dt, flops=sum(progress["flops"].values()))
     if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
-        extra = f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%" if run.peak else ""
+        extra = f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%" if log.peak else ""
         if run.device.type == "cuda":
             extra += f" | mem {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB"
-        if run.sec_per_flop:  # the FLOPs left, at the widths the keep-schedule gives them, at the recent speed
-            extra += f" | eta {fmt_duration(flops_left(run, step) * run.sec_per_flop)}"
-        run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | "
-                    + "".join(f"{NAME[k].lower()} {alive[k]:.0f}->{t} | " for k, (t, _) in unit_sizes(cfg).items()) +
-                    f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms"
-                    f" | {tps / dt / 1e3:5.1f}k tok/s{extra}")
+        if log.sec_per_flop:  # the FLOPs left, at the widths the keep-schedule gives them, at the recent speed
+            extra += f" | eta {fmt_duration(flops_left(run, step) * log.sec_per_flop)}"
+        units = "".join(f"{PART_NAMES[p].lower()} {mean_alive[p]:.0f}->{t} | " for p, (t, _) in unit_sizes(cfg).items())
+        run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | {units}"
+                    f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | {tps / dt / 1e3:5.1f}k tok/s{extra}")
 
 def finish_run(run, model):
     """The end, on rank 0: the exact validation loss over the whole split, the final record, a summary, a sample."""
@@ -1256,6 +1207,22 @@ def finish_run(run, model):
     return {"kind": "final", **final}
 
 # ---- 13. Input checks: every refusal of bad input, before anything is written -------------------------------------
+# The values a text knob may take: argparse offers them as choices, and validate checks them.
+CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"), "tokenizer": ("",
+           "bytes", "gpt2"),
+           "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
+           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"), "dtype": ("auto", "float32", "bfloat16"),
+           "compile_backend": ("inductor", "aot_eager", "eager")}
+
+class ConfigError(ValueError):
+    """Bad input, caught before any training; the message says which knob and what to do."""
+
+def make_config(preset="cpu", **overrides):
+    """A Config from a preset and overrides, built in one go (so the pipeline's knobs resolve from the overrides)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+
 def need(ok, msg):
     if not ok:
         raise ConfigError(msg)
@@ -1343,8 +1310,9 @@ def check_data(cfg, prepare=True):
         except ValueError as e:
             raise ConfigError(f"{e}: run python data/hellaswag/prepare.py again") from None
 
-def check_device(cfg):
-    """A device this machine has (auto, cpu, cuda, cuda:N, mps), and a dtype it can compute in."""
+def check_device(cfg, model_memory=False):
+    """A device this machine has (auto, cpu, cuda, cuda:N, mps), a dtype it can compute in, and (model_memory) room
+    for the enlarged model's weights, gradients and AdamW moments, 16 bytes a parameter."""
     try:
         device = torch.device(device_name(cfg))
     except RuntimeError:
@@ -1355,13 +1323,9 @@ def check_device(cfg):
                                 f"under torch {torch.__version__}); use --device cpu, or a CUDA build of torch on a GPU")
     need(not (cfg.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()),
          "--dtype bfloat16: this GPU cannot compute in bfloat16; use --dtype float32")
-
-def check_memory(cfg):
-    """The enlarged model's weights, gradients and AdamW moments (16 bytes a parameter) fit in the device's memory."""
-    device = torch.device(device_name(cfg))
     have = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else math.inf)
-    n = param_counts(cfg)["enlarged"]
+    n = param_counts(cfg)["enlarged"] if model_memory else 0
     need(16 * n <= have, f"the enlarged model has {fmt_params(n)} parameters: {16 * n / 2**30:.0f} GiB for its weights, "
                          f"gradients and AdamW state, more than this {device.type}'s {have / 2**30:.0f} GiB")
 
@@ -1375,8 +1339,7 @@ def check_inputs(cfg, resume=False, overwrite=False, world=1):
     need(cfg.grad_accum % world == 0, f"--grad_accum {cfg.grad_accum} must be a multiple of the {world} processes: "
          f"each does grad_accum / {world} micro-steps, so that a step has the same tokens on any number")
     check_data(cfg, prepare=world == 1)
-    check_device(cfg)
-    check_memory(cfg)
+    check_device(cfg, model_memory=True)
     for flag, path in (("--out_dir", cfg.out_dir), ("--plot_dir", cfg.plot_dir or cfg.out_dir)):
         check_writable(flag, path)  # now, not when the figure is drawn
     for path in (ckpt_path(cfg.out_dir), log_path(cfg.out_dir)):  # read-only, or chattr +i

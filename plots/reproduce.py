@@ -333,7 +333,7 @@ def budget(dirs, cfg):
 
 # knobs that change nothing a run trains: where it runs, what it prints, the preset (its values are all logged), the
 # tokenizer (its data says it)
-UNTRAINED = ip.WHERE + ("preset", "tokenizer", "sample_tokens", "log_every", "ckpt_every")
+UNTRAINED = ip.NOT_TRAINED + ("preset", "tokenizer", "sample_tokens", "log_every", "ckpt_every")
 
 
 def finished_or_resumable(cfg):
