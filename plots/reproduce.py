@@ -331,6 +331,58 @@ def budget(dirs, cfg):
     return gaps
 
 
+def along(folders, names, path, window=50):
+    """Integrated - scratch along the run (the paper's advantage, where it comes from and where it goes): for each
+    named run of every folder (one folder per seed), its training loss minus that of the scratch run of the same
+    folder trained on the same data and schedule, step by step (the same batches), averaged over the folders. The
+    gap splits into the head start (the mean over the window steps before t_p), the change through the pruning
+    window (to the window steps before t_end) and the recovery (to the last window steps), beside the final
+    validation gap. Writes the figure and a table of the parts per folder (mean, SE, t, p); returns the parts."""
+    plt, parts, rows = figures._plt(), {}, []
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for name, color in zip(names, ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]):
+        curves, split = [], []
+        for d in folders:
+            logs = {n: ip.read_log(ip.log_path(os.path.join(d, n))) for n in os.listdir(d)
+                    if os.path.exists(ip.log_path(os.path.join(d, n)))}
+            if name not in logs:
+                raise ip.ConfigError(f"--along: {d} holds no run {name}")
+            head = logs[name][0]
+            same = [k for k, v in head.items() if k not in PRUNING_KNOBS + UNTRAINED + (
+                "pipeline", "pruning", "lr_schedule", "F_e", "t_p", "t_end", "lr_stages", "kind")]
+            scratch = [n for n, r in logs.items() if r[0]["pruning"] == "none" and all(r[0][k] == head[k] for k in same)]
+            if len(scratch) != 1:
+                raise ip.ConfigError(f"--along: {d} holds {len(scratch)} scratch runs of {name}'s data and schedule")
+            loss = [np.array([r["loss"] for r in logs[n] if r["kind"] == "train"]) for n in (name, scratch[0])]
+            gap, t_p, t_end = loss[0] - loss[1], head["t_p"], head["t_end"]
+            w = max(1, min(window, t_p, len(gap) - t_end))  # steps averaged at each point
+            curves.append(figures.smooth(gap, window))
+            at = [gap[t_p - w:t_p].mean(), gap[t_end - w:t_end].mean(), gap[-w:].mean()]
+            split.append([at[0], at[1] - at[0], at[2] - at[1],
+                          final_record(logs[name])["val_loss"] - final_record(logs[scratch[0]])["val_loss"]])
+        parts[name] = np.array(split)
+        mean, m = np.mean(curves, axis=0), parts[name].mean(axis=0)
+        ax.plot(np.arange(len(mean)), mean, color=color, lw=1.2, label=f"{name}: head start {m[0]:+.3f}, window "
+                f"{m[1]:+.3f}, recovery {m[2]:+.3f}; final val {m[3]:+.3f} (mean of {len(folders)})")
+        ax.axvspan(t_p, t_end, color=color, alpha=0.08)
+        for i, (label, col) in enumerate(zip(("head start at t_p", "through the window", "recovery", "final val"),
+                                             parts[name].T)):
+            rows.append(f"| {name} | {label} | " + " | ".join(f"{x:+.4f}" for x in col) + " |" + gap_cells(list(col)))
+    ax.axhline(0, color="#7f7f7f", lw=1)
+    ax.set(xlabel="step", ylabel="loss gap (nats): below 0, the pruned run is ahead",
+           title="the pruned run minus scratch, training loss on the same batches (shaded: the pruning window)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figures.save(fig, path)
+    header = "| run | part | " + " | ".join(os.path.basename(d.rstrip("/")) for d in folders) + \
+        " | mean | SE | t | p | below 0 in |"
+    table = "\n".join([header, "|---" * (len(folders) + 7) + "|"] + rows) + "\n"
+    with open(os.path.splitext(path)[0] + "_results.md", "w") as f:
+        f.write(table)
+    print(f"{table}\nwrote {path}")
+    return parts
+
+
 # knobs that change nothing a run trains: where it runs, what it prints, the preset (its values are all logged), the
 # tokenizer (its data says it)
 UNTRAINED = ip.NOT_TRAINED + ("preset", "tokenizer", "sample_tokens", "log_every", "ckpt_every")
@@ -597,6 +649,8 @@ def main(argv=None):
                    "in out_dir/seed<S>; then the gaps paired by seed (mean, standard error) in *_seeds_results.md")
     p.add_argument("--budget", nargs="+", metavar="DIR", help="Figure 1 (left) against tokens per deployed parameter, "
                    "from the --sweep max_steps=... tables in these folders (one per seed; presets may differ)")
+    p.add_argument("--along", metavar="RUN1,RUN2", help="with --seeds: each run minus its scratch along the run, split "
+                   "into head start, window and recovery (along_<RUN1>.png in --plot_dir)")
 
     def body():
         cfg, args = ip.parse_args(argv, p)
@@ -604,6 +658,10 @@ def main(argv=None):
             return benchmark(cfg)
         if args.budget:
             return budget(args.budget, cfg)
+        if args.along:
+            names, folders = args.along.split(","), [os.path.join(cfg.out_dir, f"seed{s}")
+                                                     for s in parse_seeds(args.seeds or str(cfg.seed), None)]
+            return along(folders, names, os.path.join(cfg.plot_dir or cfg.out_dir, f"along_{names[0]}.png"))
         suites = [(label, names) for label, names, on in (("compare", COMPARE, args.compare),
                                                            ("ablation", ABLATION, args.ablation)) if on]
         if not suites and not args.sweep:
