@@ -8,18 +8,12 @@ paper: this beats the target trained from scratch on the same tokens, and pipeli
 Attention heads can be pruned the same way (--enlarge_attn). Sections 1-8 are the method and its loop; 9-14 make
 it a training script. It runs alone; the scripts beside it (the README lists them) are imported where needed.
 
-Run manual
+Run manual (the README has the rest; --help lists every knob, and any knob overrides a preset)
   python ideaprune.py --preset demo                    # 2-core CPU, minutes: Shakespeare bytes, 1.08M -> 0.49M
   python ideaprune.py --preset demo --pipeline scratch # the same tokens and schedule, target size from step 0
-  python ideaprune.py --preset llama                   # a Llama-shaped target, 253 tokens per deployed parameter
-  python ideaprune.py --preset demo --enlarge_attn 2 --ranking adaptive   # 8 heads -> 4 too; Adapt-Pruner's shares
-  python ideaprune.py --preset 300m --compile          # one GPU: ~588M -> ~308M on FineWeb-Edu (prepare first)
-  torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs, DDP, same tokens/step
-  python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off (also after
-                                                       # SIGTERM / Ctrl-C, which checkpoint at the step's end)
-  python ideaprune.py --out_dir out --evaluate --sample --prompt "ROMEO."   # use a checkpoint (any step of a run)
-  python ideaprune.py --out_dir out --export_hf out/hf # a Hugging Face LlamaForCausalLM directory
-  python ideaprune.py --help                           # every knob and its default; any knob overrides a preset
+  torchrun --standalone --nproc_per_node 8 ideaprune.py --preset 300m --compile   # 8 GPUs: ~588M -> ~308M
+  python ideaprune.py --out_dir out --resume           # continue exactly where out/ckpt.pt left off
+  python ideaprune.py --out_dir out --sample --export_hf out/hf   # use a checkpoint: text, a Hugging Face folder
 """
 import argparse
 import datetime
@@ -757,7 +751,7 @@ def catch_stop_signals(run):
     return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
 # ---- 10. Checkpoints: tensors and plain types only, written atomically --------------------------------------------
-CKPT_VERSION = 3  # raise it when the layout below changes (and upgrade the older ones in upgrade_checkpoint)
+CKPT_VERSION = 3  # raise it when the layout below changes (and convert the older ones in data/old_checkpoints.py)
 CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
 
 def ckpt_path(out_dir):
@@ -847,41 +841,12 @@ def read_checkpoint(path):
         if ckpt.get("version", 1) > CKPT_VERSION:
             raise ValueError(f"version {ckpt['version']}, of a newer ideaprune; this one reads up to {CKPT_VERSION}")
         Config(**ckpt["config"])  # a knob this version does not know: from another version
-        upgrade_checkpoint(ckpt)
+        if ckpt.get("version", 1) < CKPT_VERSION:  # an older layout: converted in memory, its file left as it was
+            beside("data/old_checkpoints.py").upgrade(ckpt, CKPT_VERSION)
     except Exception as e:
         raise ConfigError(f"{path} is not a checkpoint this ideaprune can resume ({type(e).__name__}: {e}). It was "
                           f"left as it was: restore it from a copy, or start a new run in another --out_dir") from None
     return ckpt
-
-def upgrade_checkpoint(ckpt):
-    """An older checkpoint in this version's layout, in memory (its file stays as it was). Version 1 pruned FFN
-    neurons only. Versions 1 and 2 name no tokenizer, and held W_q, W_k, W_v as one matrix, attn.qkv (q's rows, then
-    k's, then v's), and W_o as attn.proj: their weights and AdamW moments are split in three, AdamW renumbered."""
-    version, cfg, model, opt = ckpt.get("version", 1), ckpt["config"], ckpt["model"], ckpt["optimizer"]
-    if version == 1:
-        ckpt.update(heads=[cfg["n_head"]] * cfg["n_layer"], importance={"ffn": ckpt["importance"]},
-                    alive={"ffn": ckpt["alive"]})
-    if version <= 2:
-        cfg["tokenizer"] = "bytes" if cfg["vocab_size"] == 256 else "gpt2"  # by the vocabulary, as the presets set it
-        print(f"note: a version-{version} checkpoint names no tokenizer: its vocabulary of {cfg['vocab_size']} is "
-              f"read as {cfg['tokenizer']}")
-        def split(name, t):  # an entry of the old layout -> [(name, tensor)] of this one
-            if ".attn.qkv." not in name:
-                return [(name.replace(".attn.proj.", ".attn.o."), t)]
-            return [(name.replace(".qkv.", f".{n}."), c.clone()) for n, c in zip("qkv", t.chunk(3))]
-        params = [n for n in model if n != "lm_head.weight"]  # the Parameters (the tied matrix once), in AdamW's
-        params = sorted(params, key=lambda n: model[n].dim() == 1)  # numbering: matrices first, then gains
-        numbers, state = [], {}  # numbers[i]: the new numbers of old Parameter i
-        for i, name in enumerate(params):
-            first, old = sum(map(len, numbers)), opt["state"].get(i)
-            numbers.append(range(first, first + len(split(name, model[name]))))
-            for j, n in enumerate(numbers[i] if old else ()):
-                state[n] = {m: s.clone() if m == "step" else split(name, s)[j][1] for m, s in old.items()}
-        opt["state"] = state
-        for group in opt["param_groups"]:
-            group["params"] = [n for i in group["params"] for n in numbers[i]]
-        ckpt["model"] = dict(pair for name, t in model.items() for pair in split(name, t))
-    ckpt["version"] = CKPT_VERSION
 
 def restore_checkpoint(run, ckpt):
     """Load a checkpoint's state into a run built at the checkpoint's widths: exactly where it stopped."""
@@ -1201,11 +1166,10 @@ def finish_run(run, model):
 
 # ---- 13. Input checks: every refusal of bad input, before anything is written -------------------------------------
 # The values a text knob may take: argparse offers them as choices, and validate checks them.
-CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"), "tokenizer": ("",
-           "bytes", "gpt2"),
-           "lr_schedule": ("unified", "restarted", "rewarm"), "f1": ("mean", "max", "sum"),
-           "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"), "dtype": ("auto", "float32", "bfloat16"),
-           "compile_backend": ("inductor", "aot_eager", "eager")}
+CHOICES = {"preset": PRESETS, "pipeline": PIPELINES, "pruning": ("iterative", "oneshot", "none"),
+           "lr_schedule": ("unified", "restarted", "rewarm"), "tokenizer": ("", "bytes", "gpt2"),
+           "f1": ("mean", "max", "sum"), "f2": ("mean", "max", "sum"), "ranking": ("layer", "global", "adaptive"),
+           "dtype": ("auto", "float32", "bfloat16"), "compile_backend": ("inductor", "aot_eager", "eager")}
 
 class ConfigError(ValueError):
     """Bad input, caught before any training; the message says which knob and what to do."""

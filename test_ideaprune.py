@@ -2,7 +2,7 @@
 Run: python -m pytest -q
 
 Which test catches which broken line: each line below was broken on purpose, one at a time, and the tests named
-(test_ left out) failed. Section numbers are ideaprune.py's; eval.py, hf_export.py, prepare.py, reproduce.py beside it.
+(test_ left out) failed. Section numbers are ideaprune.py's; the scripts named are beside it.
   planted_dead_units_go_first, pinned_tiny_trajectory: update_importance out of train_step (8); prune_ keeping the lowest
       scores (6); the masks changed after the step (8). planted alone: tracking from t_p, not t_p - ema_warmup (6); a dead
       unit's W_o/W_down columns left (6); the heads' importance not tracked (8). pinned also: the four just below
@@ -19,7 +19,7 @@ Which test catches which broken line: each line below was broken on purpose, one
       synced on the first micro-step (8); the layer importance on each rank's own batch (8)
   compile_follows_every_compaction: no torch._dynamo.reset() (9); sigterm_checkpoints: the signal ignored (9)
   broken_checkpoint: the version not checked (10); checkpoints_of_versions_1_and_2: version 1 not converted; q, k, v
-      taken in another order; proj not renamed; AdamW's moments numbered off (10)
+      taken in another order; proj not renamed; AdamW's moments numbered off (old_checkpoints.py)
   load_model_from_the_middle[attn]: only the FFN's masked units sliced out (10); heads_adaptive_run: a narrower layer's
       heads not padded at export (hf_export.py)
   divergence: the gradient norm not checked before the update (8); no finite-weights check at a checkpoint (10)
@@ -32,7 +32,7 @@ Which test catches which broken line: each line below was broken on purpose, one
   hellaswag_scoring: the summed loss; over context and ending; hellaswag_scores_are_lm_evals: acc_norm by tokens; the
       query without lm-eval's preprocessing (eval.py)
   suites_and_sweeps: a run of another config reused; an interrupted arm not resumed; sweep_parsing: scratch given the
-      swept pruning knob; sweep_figure, seeds_pair: no Bessel correction; seeds_pair: every seed trained with the
+      swept pruning knob; figures_and_tables, seeds_pair: no Bessel correction; seeds_pair: every seed trained with the
       command's seed; t_test's odd series; budget_joins: the ceiling's gap taken from the arm (reproduce.py)
   one_run_per_out_dir: no lock (10); kill_9: the log not flushed at a checkpoint (12); a resume keeping every record
       (12); a resume evaluating its step again (8); damaged_log: a torn last line an error (12)
