@@ -362,7 +362,7 @@ def along(folders, names, path, window=50):
                           final_record(logs[name])["val_loss"] - final_record(logs[scratch[0]])["val_loss"]])
         parts[name] = np.array(split)
         mean, m = np.mean(curves, axis=0), parts[name].mean(axis=0)
-        ax.plot(np.arange(len(mean)), mean, color=color, lw=1.2, label=f"{name}: head start {m[0]:+.3f}, window "
+        ax.plot(np.arange(len(mean)), mean, color=color, lw=1.2, label=f"{name}:\nhead start {m[0]:+.3f}, window "
                 f"{m[1]:+.3f}, recovery {m[2]:+.3f}; final val {m[3]:+.3f} (mean of {len(folders)})")
         ax.axvspan(t_p, t_end, color=color, alpha=0.08)
         for i, (label, col) in enumerate(zip(("head start at t_p", "through the window", "recovery", "final val"),
