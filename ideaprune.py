@@ -154,8 +154,7 @@ def head_sizes(cfg):
     return cfg.n_head, math.ceil(round(cfg.enlarge_attn * cfg.n_head, 6))
 
 def unit_sizes(cfg):
-    """{part: (target, enlarged)}: the units per layer of each part of a block that the run prunes, "ffn" (neurons)
-    and, with --enlarge_attn > 1, "attn" (heads); a part is the name of a Block's module."""
+    """{part: (target, enlarged)} units per layer of each part (a Block's module) pruned: "ffn", "attn" (heads)."""
     H_t, H_e = head_sizes(cfg)
     return {"ffn": ffn_sizes(cfg), **({"attn": (H_t, H_e)} if H_e > H_t else {})}
 
@@ -232,9 +231,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v = (nn.Linear(cfg.n_embd, heads * self.head_dim, bias=False) for _ in range(3))
         self.o = nn.Linear(heads * self.head_dim, cfg.n_embd, bias=False)
 
-    @property
-    def n_units(self):  # heads
-        return self.o.weight.shape[1] // self.head_dim
+    n_units = property(lambda self: self.o.weight.shape[1] // self.head_dim)  # heads
 
     def unit_linears(self):
         return (self.q, 0), (self.k, 0), (self.v, 0), (self.o, 1)
@@ -250,16 +247,13 @@ class SwiGLU(nn.Module):
     """FFN of width F: down(silu(gate(x)) * up(x)).
     Neuron j is row j of W_gate and W_up (F, d) and column j of W_down (d, F): pruning removes all three."""
     unit_size = 1
+    n_units = property(lambda self: self.up.weight.shape[0])  # neurons: the width
 
     def __init__(self, d, width):
         super().__init__()
         self.gate = nn.Linear(d, width, bias=False)
         self.up = nn.Linear(d, width, bias=False)
         self.down = nn.Linear(width, d, bias=False)
-
-    @property
-    def n_units(self):  # neurons: the width
-        return self.up.weight.shape[0]
 
     def unit_linears(self):
         return (self.up, 0), (self.gate, 0), (self.down, 1)
@@ -297,22 +291,16 @@ class GPT(nn.Module):
         with torch.no_grad():
             self.tok_emb.weight.normal_(0.0, std)
             for b in self.blocks:
-                qkv = torch.empty(3 * b.attn.q.weight.shape[0], cfg.n_embd).normal_(0.0, std).chunk(3)
-                for lin, w in zip((b.attn.q, b.attn.k, b.attn.v), qkv):
-                    lin.weight.copy_(w)
+                qkv = torch.empty(3 * b.attn.q.weight.shape[0], cfg.n_embd).normal_(0.0, std)
+                b.attn.q.weight[:], b.attn.k.weight[:], b.attn.v.weight[:] = qkv.chunk(3)
                 for lin, s in ((b.attn.o, std_out), (b.ffn.gate, std), (b.ffn.up, std), (b.ffn.down, std_out)):
                     lin.weight.normal_(0.0, s)
 
     def unit_modules(self, part):  # the modules that hold a part's units ("ffn": neurons, "attn": heads), per layer
         return [getattr(b, part) for b in self.blocks]
 
-    @property
-    def ffn_widths(self):
-        return [m.n_units for m in self.unit_modules("ffn")]
-
-    @property
-    def heads(self):
-        return [m.n_units for m in self.unit_modules("attn")]
+    ffn_widths = property(lambda self: [m.n_units for m in self.unit_modules("ffn")])  # per layer
+    heads = property(lambda self: [m.n_units for m in self.unit_modules("attn")])
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
@@ -452,11 +440,10 @@ def zero_units_(model, optimizer, dead, part="ffn"):
 
 @torch.no_grad()
 def prune_(model, optimizer, importance, alive, k, cfg, part="ffn", layer_imp=None):
-    """Shrink the alive masks to the k best units per layer (ranking "layer"), the k * n_layer best overall (ranking
-    "global"), or per layer a count set by its layer importance (ranking "adaptive", Adapt-Pruner: layer l keeps
-    ~k (1 + A z_l) units, z_l = (I_l - mean I) / (max I - min I) in [-1, 1], summing to 0, so the counts sum to
-    k * n_layer), the best by their own scores. Only alive units compete: masks only ever shrink. Returns the
-    units removed."""
+    """Shrink the alive masks to the k best units per layer (ranking "layer"), the k * n_layer best overall ("global"),
+    or per layer a count set by its layer importance ("adaptive", Adapt-Pruner: layer l keeps ~k (1 + A z_l) units,
+    z_l = (I_l - mean I) / (max I - min I) in [-1, 1] sums to 0). Only alive units compete: masks only ever shrink.
+    Returns the number of units removed."""
     n_alive = [int(a.sum()) for a in alive]
     if k * len(alive) >= sum(n_alive):
         return 0  # nothing to remove at this step (always so at t_p, where r(t_p) = 1)
@@ -499,7 +486,6 @@ def compact_(model, optimizer, importance, alive, part="ffn"):
     importance[:] = [imp[:, idx] for imp, idx in zip(importance, survivors)]  # the survivors' scores, not a prefix
     alive[:] = [torch.ones(idx.numel(), dtype=torch.bool, device=idx.device) for idx in survivors]
 
-
 # ---- 8. The training loop: enlarged -> pruning -> recovery, one AdamW, never reset --------------------------------
 def make_optimizer(model, cfg, device):
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and the (tied) embedding
@@ -530,13 +516,12 @@ class Run:
     stopping: bool = False            # some rank received one: all stop together at the next step boundary
 
 def prune(run, step):
-    """A prune step (section 6's contract): each pruned part's masks shrink to keep_at(step) units per layer. Every
-    rank ranks the same all-reduced importance, so all keep the same units (the DDP test)."""
+    """A prune step (section 6): each part's masks shrink to keep_at(step) units per layer, the same on every rank."""
     cfg, (t_p, t_end) = run.cfg, phase_steps(run.cfg)
     if step == t_p:
+        goal = sizes_text({p: f"{e} -> {t}" for p, (t, e) in unit_sizes(cfg).items()})
         run.log.event(step, f"pruning starts ({cfg.pruning}, {cfg.ranking} ranking, {cfg.f1}-{cfg.f2} scores, lambda "
-                            f"{cfg.ema_beta}): {arrows({p: (e, t) for p, (t, e) in unit_sizes(cfg).items()})} per "
-                            f"layer by step {t_end}")
+                            f"{cfg.ema_beta}): {goal} per layer by step {t_end}")
     layer_imp = None  # adaptive: measured now, on a fixed batch (the evaluation's first): the same on every rank
     if cfg.ranking == "adaptive":
         with run.ctx:
@@ -545,19 +530,19 @@ def prune(run, step):
         prune_(run.raw_model, run.optimizer, importance, run.alive[part], keep_at(step, cfg, part), cfg, part, layer_imp)
     run.n_alive = {part: [int(a.sum()) for a in alive] for part, alive in run.alive.items()}
     if step == t_end:
-        run.log.event(step, f"pruning done, recovery from here: {widths_text(run.n_alive)}")
+        run.log.event(step, f"pruning done, recovery from here; per layer: {sizes_text(run.n_alive)}")
 
 def compact(run, step):
-    """Compaction (section 7), once compact_frac of a layer's units are masked, and at t_end: True when it replaced
-    Parameters."""
+    """Compaction (section 7) once compact_frac of a layer is masked, and at t_end: True if it replaced Parameters."""
     masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # but still allocated
     if not masked or (masked < run.cfg.compact_frac and step < phase_steps(run.cfg)[1]):
         return False
-    before, params = mean_units(run.raw_model, run.alive), run.raw_model.num_params()
+    mean = lambda: {p: float(np.mean([a.numel() for a in alive])) for p, alive in run.alive.items()}  # allocated
+    before, params = mean(), run.raw_model.num_params()
     for part, importance in run.importance.items():
         compact_(run.raw_model, run.optimizer, importance, run.alive[part], part)
-    after = mean_units(run.raw_model, run.alive)
-    run.log.event(step, f"compacted {arrows({p: (before[p], after[p]) for p in before})} per layer, "
+    after = mean()
+    run.log.event(step, f"compacted {sizes_text({p: f'{before[p]:g} -> {after[p]:g}' for p in before})} per layer, "
                         f"{fmt_params(params)} -> {fmt_params(run.raw_model.num_params())} params")
     return True
 
@@ -769,8 +754,7 @@ def lock_out_dir(out_dir, rank=0, world=1):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             lock.truncate(0)
-            lock.write(f"{os.getpid()}\n")  # ours: our PID, for the message a second run gets
-            lock.flush()
+            print(os.getpid(), file=lock, flush=True)  # ours: our PID, for the message a second run gets
         except BlockingIOError:
             holder = [open(lock.name).read().strip() or "?"]
             lock.close()
@@ -977,21 +961,12 @@ def tokens_per_step(cfg):
 
 def flops_per_token(n_params, cfg, heads=None):
     """Training FLOPs per token, forward + backward: 6 per parameter (a multiply-add forward, two backward) plus
-    attention's QK^T and AV, 12 * n_layer * d * T, not halved for the causal mask (PaLM, nanoGPT, nanochat); with
-    the layers' head counts, d is each layer's attention width heads * head_dim."""
+    attention's QK^T and AV, 12 * (the layers' heads * head_dim) * T, not halved for the causal mask (PaLM, nanoGPT)."""
     width = sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head)
     return 6 * n_params + 12 * width * cfg.block_size
 
-PART_NAMES = {"ffn": "FFN", "attn": "heads"}  # in what a run prints
-
-def mean_units(model, parts):  # {"ffn": 400.0, "attn": 6.5}: the mean units per layer of each part
-    return {p: float(np.mean([m.n_units for m in model.unit_modules(p)])) for p in parts}
-
-def arrows(changes):  # {"ffn": (512, 128), "attn": (8, 4)} -> "FFN 512 -> 128, heads 8 -> 4"
-    return ", ".join(f"{PART_NAMES[p]} {a:g} -> {b:g}" for p, (a, b) in changes.items())
-
-def widths_text(units):  # {"ffn": [128, 128], "attn": [4, 4]} -> "FFN widths [128, 128], heads [4, 4]"
-    return ", ".join(f"FFN widths {u}" if p == "ffn" else f"heads {u}" for p, u in units.items())
+def sizes_text(sizes):  # {"ffn": "512 -> 128", "attn": [4, 4]} -> "FFN 512 -> 128, heads [4, 4]": what a run prints
+    return ", ".join(f"{'FFN' if p == 'ffn' else 'heads'} {size}" for p, size in sizes.items())
 
 def fmt_params(n):
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
@@ -1034,7 +1009,8 @@ def describe(cfg):
           f"phases: enlarged 0-{t_p - 1} ({tps * t_p / 1e6:.2f}M tok) | {cfg.pruning} pruning {t_p}-{t_end} "
           f"({tps * (t_end - t_p) / 1e6:.2f}M tok) | recovery {recovery}")
     stages = ", ".join(f"{a}-{b}" for a, b in lr_stages(cfg))
-    print(f"LR: {cfg.lr_schedule} ({stages}): warmup {cfg.warmup_steps} to {cfg.lr:g}, cosine to {cfg.min_lr:g}")
+    print(f"LR: {cfg.lr_schedule} ({stages}): warmup {cfg.warmup_steps} to {cfg.lr:g}, cosine to {cfg.min_lr:g}" +
+          f" over the last {cfg.decay_frac:g} of each stage" * (cfg.decay_frac < 1))
 
 def read_log(path):
     """log.jsonl's records. A last line cut short (a kill, a full disk) is left out with a note (a resume writes the
@@ -1061,7 +1037,7 @@ class RunLog:
     def __init__(self, cfg, resumed=None, rank=0, world=1, peak=None):  # resumed: the progress of the checkpoint
         self.lock = lock_out_dir(cfg.out_dir, rank, world)
         self.master, self.file, self.count = rank == 0, None, 0  # under torchrun only rank 0 logs, prints and plots
-        self.peak, self.sec_per_flop, self.fresh = peak, None, True  # for MFU, the ETA; fresh: the next step compiles
+        self.peak, self.step_s, self.fresh = peak, None, True  # for MFU, the ETA; fresh: the next step compiles
         if self.master:
             path, (F_t, F_e), (t_p, t_end) = log_path(cfg.out_dir), ffn_sizes(cfg), phase_steps(cfg)
             header = {"kind": "config", **asdict(cfg), "F_t": F_t, "F_e": F_e, "t_p": t_p, "t_end": t_end,
@@ -1104,15 +1080,6 @@ class RunLog:
             if f:
                 f.close()
 
-def flops_left(run, step):
-    """Training FLOPs of the steps after this one, at the sizes the keep-schedule gives them: for the ETA."""
-    cfg, model, L = run.cfg, run.raw_model, run.cfg.n_layer
-    per = {"ffn": 3 * cfg.n_embd, "attn": 4 * cfg.n_embd * (cfg.n_embd // cfg.n_head)}  # parameters per unit
-    fixed = model.num_params() - sum(p * sum(m.n_units for m in model.unit_modules(k)) for k, p in per.items())
-    return tokens_per_step(cfg) * sum(flops_per_token(fixed + L * sum(p * keep_at(s, cfg, k) for k, p in per.items()),
-                                                      cfg, [keep_at(s, cfg, "attn")] * L)
-                                      for s in range(step + 1, cfg.max_steps))
-
 def log_step(run, step, lr, loss, norm, dt):
     """Count the step's tokens and FLOPs (masked, not yet compacted units still cost), log it, print the line."""
     cfg, progress = run.cfg, run.progress
@@ -1125,10 +1092,10 @@ def log_step(run, step, lr, loss, norm, dt):
     progress["wall_s"] = time.time() - run.t0
     log = run.log
     if log.fresh and cfg.compile:
-        widths = {"ffn": run.raw_model.ffn_widths, "attn": run.raw_model.heads}
-        log.event(step, f"compiled for {widths_text({p: widths[p] for p in run.alive})}: this step took {dt:.1f} s")
-    elif not log.fresh:  # a running average of the step time per FLOP, leaving out steps that compiled
-        log.sec_per_flop = 0.9 * (log.sec_per_flop or dt / step_flops) + 0.1 * dt / step_flops
+        widths = {p: [m.n_units for m in run.raw_model.unit_modules(p)] for p in run.alive}
+        log.event(step, f"compiled for {sizes_text(widths)}: this step took {dt:.1f} s")
+    elif not log.fresh:  # a running average of the step time, leaving out steps that compiled
+        log.step_s = 0.9 * (log.step_s or dt) + 0.1 * dt
     log.fresh = False
     mean_alive = {part: float(np.mean(n)) for part, n in run.n_alive.items()}  # "ffn": the mean width, "attn"
     run.log.write("train", step=step, tokens=progress["tokens"], loss=loss, norm=norm, lr=lr, **mean_alive,
@@ -1137,9 +1104,9 @@ def log_step(run, step, lr, loss, norm, dt):
         extra = f" | mfu {100 * mfu(step_flops, dt, run):4.1f}%" if log.peak else ""
         if run.device.type == "cuda":
             extra += f" | mem {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB"
-        if log.sec_per_flop:  # the FLOPs left, at the widths the keep-schedule gives them, at the recent speed
-            extra += f" | eta {fmt_duration(flops_left(run, step) * log.sec_per_flop)}"
-        units = "".join(f"{PART_NAMES[p].lower()} {mean_alive[p]:.0f}->{t} | " for p, (t, _) in unit_sizes(cfg).items())
+        if log.step_s:  # the steps left at the recent speed: too long while the model has yet to shrink
+            extra += f" | eta {fmt_duration((cfg.max_steps - step - 1) * log.step_s)}"
+        units = "".join(f"{'heads' if p == 'attn' else p} {mean_alive[p]:.0f}->{t} | " for p, (t, _) in unit_sizes(cfg).items())
         run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | {units}"
                     f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | {tps / dt / 1e3:5.1f}k tok/s{extra}")
 

@@ -840,7 +840,7 @@ def test_compile_follows_every_compaction(byte_data, tmp_path):
     ip.train(compiled)
     graphs = counters["stats"]["unique_graphs"] - before
     records = ip.read_log(os.path.join(compiled.out_dir, "log.jsonl"))
-    widths = [r for r in records if r["kind"] == "event" and r["what"].startswith("compiled for FFN widths")]
+    widths = [r for r in records if r["kind"] == "event" and r["what"].startswith("compiled for FFN [")]
     assert len(widths) == 6 and 6 <= graphs <= 2 * len(widths) and "heads" in widths[-1]["what"]
     assert train_losses(compiled.out_dir) == pytest.approx(train_losses(eager.out_dir), abs=1e-4)
 
