@@ -108,8 +108,7 @@ class Config:
 
     def __post_init__(self):  # the knobs a pipeline implies (PIPELINES), filled in once: no function sees them empty
         implied = PIPELINES.get(self.pipeline, ("", ""))
-        self.pruning = self.pruning or implied[0]
-        self.lr_schedule = self.lr_schedule or implied[1]
+        self.pruning, self.lr_schedule = self.pruning or implied[0], self.lr_schedule or implied[1]
 
 PRESETS = {
     "cpu": {},  # the defaults above: a target FFN of 3 d_model, enlarged 2.6x
@@ -541,8 +540,7 @@ def compact(run, step):
     before, params = mean(), run.raw_model.num_params()
     for part, importance in run.importance.items():
         compact_(run.raw_model, run.optimizer, importance, run.alive[part], part)
-    after = mean()
-    run.log.event(step, f"compacted {sizes_text({p: f'{before[p]:g} -> {after[p]:g}' for p in before})} per layer, "
+    run.log.event(step, f"compacted {sizes_text({p: f'{before[p]:g} -> {w:g}' for p, w in mean().items()})} per layer, "
                         f"{fmt_params(params)} -> {fmt_params(run.raw_model.num_params())} params")
     return True
 
@@ -624,8 +622,7 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
 
 # ---- 9. Run setup: build or resume, DDP, compile, stop signals ----------------------------------------------------
 NOT_TRAINED = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops", "dist_timeout")
-# What --resume may change: where the run goes and how it reports, a moved dataset, the LR from here on (the
-# divergence advice); any other knob would make it another run than the one its checkpoint began.
+# What --resume may change: outputs, a moved dataset, the LR from here on (the divergence advice); nothing it trains
 RESUMABLE = NOT_TRAINED + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_iters", "log_every", "ckpt_every",
                            "sample_tokens")
 
@@ -662,8 +659,7 @@ def start_run(cfg, resume, overwrite=False, given=None):
     run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, optimizer, log=log, rank=rank, world=world,
               importance={p: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
                           for p, ms in modules.items()},  # a row per matrix: up, gate, down; q, k, v, o
-              alive={p: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for p, ms in
-                     modules.items()},
+              alive={p: [torch.ones(m.n_units, dtype=torch.bool, device=device) for m in ms] for p, ms in modules.items()},
               progress={"step": 0, "tokens": 0, "flops": {}, "wall_s": 0.0, "train_s": 0.0,
                         "params_start": raw_model.num_params()}, accum=cfg.grad_accum // world)
     if ckpt:
@@ -1106,7 +1102,8 @@ def log_step(run, step, lr, loss, norm, dt):
             extra += f" | mem {torch.cuda.max_memory_allocated(run.device) / 2**30:.1f} GiB"
         if log.step_s:  # the steps left at the recent speed: too long while the model has yet to shrink
             extra += f" | eta {fmt_duration((cfg.max_steps - step - 1) * log.step_s)}"
-        units = "".join(f"{'heads' if p == 'attn' else p} {mean_alive[p]:.0f}->{t} | " for p, (t, _) in unit_sizes(cfg).items())
+        units = "".join(f"{'heads' if p == 'attn' else p} {mean_alive[p]:.0f}->{t} | "
+                        for p, (t, _) in unit_sizes(cfg).items())
         run.log.say(f"step {step:5d}/{cfg.max_steps} | loss {loss:.4f} | norm {norm:.2f} | lr {lr:.1e} | {units}"
                     f"params {fmt_params(n_params)} | {1000 * dt:4.0f} ms | {tps / dt / 1e3:5.1f}k tok/s{extra}")
 
@@ -1217,8 +1214,7 @@ def check_data(cfg, prepare=True):
         need(size % 2 == 0, f"{path} has {size} bytes, not a whole number of uint16 tokens: prepare the data again")
         n = size // 2
         need(n > cfg.block_size + 1, f"{path} holds {n} tokens, fewer than a window of --block_size {cfg.block_size} + 1")
-        # The largest token id, from 32 slices of 1M tokens spread over the file: ~64 MB read however big the file
-        # is (a full scan of 10B tokens would take minutes), and a vocabulary mix-up shows in every slice.
+        # The largest token id of 32 slices of 1M tokens spread over the file: ~64 MB read, whatever its size
         tokens = np.memmap(path, dtype=np.uint16, mode="r")
         top = max(int(tokens[i:i + 2**20].max()) for i in np.linspace(0, max(0, n - 2**20), 32, dtype=np.int64))
         need(top < vocab, f"{path} has token id {top}, but --vocab_size is {vocab}: these tokens are not for this "
