@@ -536,7 +536,7 @@ def compact(run, step):
     masked = max(1 - int(a.sum()) / a.numel() for alive in run.alive.values() for a in alive)  # but still allocated
     if not masked or (masked < run.cfg.compact_frac and step < phase_steps(run.cfg)[1]):
         return False
-    mean = lambda: {p: float(np.mean([a.numel() for a in alive])) for p, alive in run.alive.items()}  # allocated
+    mean = lambda: {p: float(np.mean([a.numel() for a in alive])) for p, alive in run.alive.items()}  # per layer
     before, params = mean(), run.raw_model.num_params()
     for part, importance in run.importance.items():
         compact_(run.raw_model, run.optimizer, importance, run.alive[part], part)
@@ -622,7 +622,7 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
 
 # ---- 9. Run setup: build or resume, DDP, compile, stop signals ----------------------------------------------------
 NOT_TRAINED = ("out_dir", "plot_dir", "device", "compile", "compile_backend", "peak_flops", "dist_timeout")
-# What --resume may change: outputs, a moved dataset, the LR from here on (the divergence advice); nothing it trains
+# What --resume may change: outputs, a moved dataset, the LR from here on (the divergence advice); no other knob
 RESUMABLE = NOT_TRAINED + ("dtype", "data_dir", "lr", "min_lr", "eval_every", "eval_iters", "log_every", "ckpt_every",
                            "sample_tokens")
 
