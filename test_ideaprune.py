@@ -506,22 +506,23 @@ def test_restarted_lr_rises_at_stage_boundaries(pipeline):
         assert all(ip.lr_at(s, cfg) == ip.lr_at(s, integrated) for s in range(t_p))
 
 @pytest.mark.parametrize("pipeline", list(ip.PIPELINES))
-def test_warmup_stable_decay_in_every_stage_of_every_pipeline(pipeline):
+def test_warmup_stable_decay_in_every_stage_of_every_pipeline(pipeline, capsys):
     """--decay_frac 0.2: each LR stage warms up as before, stays at the peak, then its cosine takes the stage's last
     20 % down to eta_e; the unified schedule (integrated, scratch, resumed) prunes in the flat part."""
     cfg, cosine = cpu_cfg(pipeline=pipeline, decay_frac=0.2), cpu_cfg(pipeline=pipeline)
-    w = cfg.warmup_steps
     for start, horizon in ip.lr_stages(cfg):
         n = horizon - start
         decay = n - round(0.2 * n)  # where the stage's cosine begins
         lrs = [ip.stage_lr(i, n, cfg) for i in range(n + 1)]
-        assert lrs[:w] == [ip.stage_lr(i, n, cosine) for i in range(w)]  # the same warmup
-        assert set(lrs[w:decay + 1]) == {cfg.lr}  # flat at the peak until the decay
+        assert lrs[:cfg.warmup_steps] == [ip.stage_lr(i, n, cosine) for i in range(cfg.warmup_steps)]  # the same warmup
+        assert set(lrs[cfg.warmup_steps:decay + 1]) == {cfg.lr}  # flat at the peak until the decay
         assert lrs[decay + (n - decay) // 2] == pytest.approx((cfg.lr + cfg.min_lr) / 2, rel=2e-2)
         assert all(b < a for a, b in zip(lrs[decay:], lrs[decay + 1:])) and lrs[n] == pytest.approx(cfg.min_lr)
     if cfg.lr_schedule == "unified" and cfg.pruning != "none":  # the whole window at the peak LR
         t_p, t_end = ip.phase_steps(cfg)
         assert {ip.lr_at(s, cfg) for s in range(t_p, t_end + 1)} == {cfg.lr}
+    ip.describe(cfg)  # and the LR line a run prints names the decay
+    assert "cosine to 3e-05 over the last 0.2 of each stage" in capsys.readouterr().out
 
 # ---- 5. Importance ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("f1,f2", [("mean", "max"), ("sum", "mean"), ("max", "sum")])
