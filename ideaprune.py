@@ -693,15 +693,13 @@ def setup_device(cfg):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
-    return device, ctx
+    return device, nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 def wrap(run):
     """The model the step calls: run.raw_model, compiled with --compile, inside DDP under torchrun (nanoGPT's order);
     built again after every compaction, whose new Parameters DDP's hooks and the compiled graph's guards must see."""
     model = run.raw_model
-    if run.cfg.compile:  # the old widths' graphs can never run again: drop them (kept, they would count towards
-        # dynamo's recompile_limit, 8, past which the run falls back to eager without a word: fail instead)
+    if run.cfg.compile:  # drop the old widths' graphs (never run again); past 8, dynamo would go eager silently: fail
         torch._dynamo.reset()
         torch._dynamo.config.fail_on_recompile_limit_hit = True
         model = torch.compile(model, backend=run.cfg.compile_backend)
@@ -878,13 +876,10 @@ def tokenizer(cfg):
 def evaluate_full(model, data, ctx, split="val"):
     """Token-weighted mean loss over every non-overlapping window of the split: the number the README reports."""
     model.eval()
-    total, count = 0.0, 0
-    for x, y in data.sequential(split):
-        with ctx:
-            total += model(x, y)[1].item() * y.numel()
-        count += y.numel()
+    with ctx:
+        losses = [(model(x, y)[1].item() * y.numel(), y.numel()) for x, y in data.sequential(split)]
     model.train()
-    return total / count
+    return sum(loss for loss, _ in losses) / sum(n for _, n in losses)
 
 def fixed_batches(run, split):
     """The evaluation's batches of a split, the same at every call and in every pipeline, apart from training's."""
@@ -895,10 +890,10 @@ def fixed_batches(run, split):
 def eval_and_log(run, model, step):
     """The loop's evaluation, on rank 0 (the others wait at the next collective): the loss on the fixed batches."""
     if run.rank == 0:
-        model, est = unwrap_ddp(model).eval(), {}
-        for split in ("train", "val"):
-            with run.ctx:
-                est[split] = sum(model(x, y)[1].item() for x, y in fixed_batches(run, split)) / run.cfg.eval_iters
+        model = unwrap_ddp(model).eval()
+        with run.ctx:
+            est = {split: sum(model(x, y)[1].item() for x, y in fixed_batches(run, split)) / run.cfg.eval_iters
+                   for split in ("train", "val")}
         model.train()
         hs = hellaswag(model, run.cfg, run.device, run.ctx)
         run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
