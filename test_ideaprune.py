@@ -102,6 +102,16 @@ def finished(byte_data, tmp_path_factory):
     cfg = tiny(byte_data, tmp_path_factory.mktemp("finished"))
     return cfg, ip.train(cfg)
 
+def full_disk(*args, **kwargs):  # what a write does on a full disk
+    raise OSError(28, "No space left on device")
+
+def stopped(main, argv, capsys):
+    """(exit code, stderr) of a command (a script's main) that must stop with SystemExit."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err
+
 def tiny(data_dir, tmp_path, **overrides):
     return ip.make_config("tiny", data_dir=data_dir, out_dir=str(tmp_path / "out"), plot_dir=str(tmp_path / "plots"),
                           sample_tokens=0, **overrides)
@@ -227,19 +237,52 @@ elif torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
 """
 
-def run_driver(tmp_path, nproc, runs, refused=()):
-    """Runs [(out_dir, resume, stop_after, flags)] of ideaprune.train, one after another, under torchrun (nproc > 1,
-    gloo) or in one plain process; then, refused, a command that must fail."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DDP_DRIVER)
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    proc = subprocess.run([sys.executable, *launch, str(driver), json.dumps([runs, list(refused)])],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+def run_drivers(tmp_path, *launches):
+    """Each launch (nproc, [(out_dir, resume, stop_after, flags)], refused) is a process that runs ideaprune.train on
+    the runs, one after another, under torchrun (nproc > 1, gloo) or alone, then refused, a command that must fail.
+    The launches run at once (the machine's two cores); returns the (stdout, stderr) of each."""
+    (tmp_path / "driver.py").write_text(DDP_DRIVER)
+    torchrun = lambda n: ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 else []
+    procs = [subprocess.Popen([sys.executable, *torchrun(n), str(tmp_path / "driver.py"), json.dumps([runs, refused])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}) for n, runs, refused in launches]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [(out[-2000:], err[-3000:]) for out, err in outs]
+    return outs
 
-KILL_DRIVER = """
-import json, os, random, signal, sys, time
+FORKS = """
+import json, os, sys, traceback
+def in_forks(job, items, out, at_once=2):
+    \"\"\"[(exit code, output)] of job(*item) for each item, each in a fork of this process (a real process with no
+    start-up), at_once at a time (the machine's two cores), its output in a file (a full pipe would block it).\"\"\"
+    running, codes = {}, {}
+    def reap():
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    for i, item in enumerate(items):
+        while len(running) == at_once:
+            reap()
+        pid = os.fork()
+        if pid == 0:  # the child: job(*item) as a command, its stdout and stderr into the file
+            os.dup2(os.open(f"{out}/fork{i}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1), os.dup2(1, 2)
+            code = 0
+            try:
+                job(*item)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 99
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+        running[pid] = i
+    while running:
+        reap()
+    return [(codes[i], open(f"{out}/fork{i}.txt").read()) for i in range(len(items))]
+"""
+
+KILL_DRIVER = FORKS + """
+import random, signal, time
 import torch._dynamo  # (imported by the first run otherwise: ~3 s, in every fork)
 import ideaprune as ip
 kw, root, trials = json.load(sys.stdin)
@@ -255,27 +298,28 @@ def run(out, resume):  # ideaprune.train in a fork of this process: no start-up 
             os._exit(0)
     return pid
 
-t0 = time.time()
-os.waitpid(run(f"{root}/straight", False), 0)
-length = time.time() - t0
-straight = [timing(r) for r in ip.read_log(f"{root}/straight/log.jsonl")]
-rng, results = random.Random(0), []
-for t in range(trials):
+def trial(t, wait):
     out = f"{root}/trial{t}"
     pid = run(out, False)
-    time.sleep(rng.uniform(0, length))
+    time.sleep(wait)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     ckpt = os.path.exists(f"{out}/ckpt.pt") and ip.read_checkpoint(f"{out}/ckpt.pt")["progress"]["step"]
     os.waitpid(run(out, bool(ckpt)), 0)  # resume, or (killed before the first checkpoint) start again
     got = [timing(r) for r in ip.read_log(f"{out}/log.jsonl")]
     lost = sum(1 for r in straight if r not in got) + max(0, len(straight) - len(got))
-    results.append({"ckpt_step": ckpt, "lost": lost, "extra": len(got) - len(straight), "same": got == straight})
-print(json.dumps(results))
+    print(json.dumps({"ckpt_step": ckpt, "lost": lost, "extra": len(got) - len(straight), "same": got == straight}))
+
+t0 = time.time()
+os.waitpid(run(f"{root}/straight", False), 0)
+length = time.time() - t0
+straight = [timing(r) for r in ip.read_log(f"{root}/straight/log.jsonl")]
+rng = random.Random(0)
+results = in_forks(trial, [(t, rng.uniform(0, length)) for t in range(trials)], root)  # two trials at a time
+print(json.dumps([json.loads(out) if code == 0 else {"same": False, "failed": out} for code, out in results]))
 """
 
-FUZZ_DRIVER = """
-import json, os, sys
+FUZZ_DRIVER = FORKS + """
 import importlib.util, ideaprune  # imported once; each case runs in a fork of this process (its own, but cheap)
 scripts = {"ideaprune": ideaprune}
 for name, path in (("reproduce", "plots/reproduce.py"), ("figures", "plots/figures.py"),
@@ -283,28 +327,10 @@ for name, path in (("reproduce", "plots/reproduce.py"), ("figures", "plots/figur
     spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(ideaprune.__file__), path))
     scripts[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scripts[name])
-results = []
-for script, argv in json.load(sys.stdin):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r), os.dup2(w, 1), os.dup2(w, 2)
-        code = 0
-        try:
-            scripts[script].main(argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 99
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    results.append({"argv": [script] + argv, "code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "out": out})
-print(json.dumps(results))
+ideaprune.parse_args([])  # once here, not in every fork: it reads this file's source for the flags' help
+argvs, out = json.load(sys.stdin)
+results = zip(argvs, in_forks(lambda name, argv: scripts[name].main(argv), argvs, out))
+print(json.dumps([{"argv": [name] + argv, "code": code, "out": text} for (name, argv), (code, text) in results]))
 """
 
 def fuzz_cases(good, bad_data, empty_dir):
@@ -802,13 +828,13 @@ def test_ddp_two_ranks_match_one_process(byte_data, tmp_path):
     heads pruned and ranked layer-adaptively. A --grad_accum the ranks cannot split is one line, nothing written."""
     flags = {"ffn": [], "heads": ["--enlarge_attn", "2", "--ranking", "adaptive"]}
     base = ["--preset", "tiny", "--data_dir", byte_data, "--grad_accum", "4", "--sample_tokens", "0"]
-    run_driver(tmp_path, 1, [(str(tmp_path / f"one_{k}"), False, None, base + f) for k, f in flags.items()])
-    proc = run_driver(tmp_path, 2, [run for k, f in flags.items() for run in (
-        (str(tmp_path / f"two_{k}"), False, None, base + f), (str(tmp_path / f"resumed_{k}"), False, 24, base + f),
-        (str(tmp_path / f"resumed_{k}"), True, None, base + f))],
-        refused=base + ["--grad_accum", "3", "--out_dir", str(tmp_path / "refused")])
-    assert "exit 2" in proc.stdout and "--grad_accum 3 must be a multiple of the 2 processes" in proc.stderr
-    assert proc.stderr.count("error: ") == 1 and not os.path.exists(tmp_path / "refused")
+    one = [(str(tmp_path / f"one_{k}"), False, None, base + f) for k, f in flags.items()]
+    two = [(str(tmp_path / f"{name}_{k}"), resume, stop, base + f) for k, f in flags.items()
+           for name, resume, stop in (("two", False, None), ("resumed", False, 24), ("resumed", True, None))]
+    _, (out, err) = run_drivers(tmp_path, (1, one, []),
+                                (2, two, base + ["--grad_accum", "3", "--out_dir", str(tmp_path / "refused")]))
+    assert "exit 2" in out and "--grad_accum 3 must be a multiple of the 2 processes" in err
+    assert err.count("error: ") == 1 and not os.path.exists(tmp_path / "refused")
     for k in flags:
         one, two, resumed = (tmp_path / f"{run}_{k}" for run in ("one", "two", "resumed"))
         ranks = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -1028,9 +1054,6 @@ def test_a_failed_checkpoint_write_loses_nothing(byte_data, tmp_path, monkeypatc
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     real_save, saves = torch.save, []
 
-    def full_disk():
-        raise OSError(28, "No space left on device")
-
     def save_until_the_disk_is_full(obj, f, *args, **kwargs):
         saves.append(1)
         if len(saves) == 2:
@@ -1062,18 +1085,16 @@ def test_one_run_per_out_dir_and_no_stale_lock(byte_data, tmp_path):
     while not (out / "ckpt.pt").exists():  # however long a loaded machine takes to get there
         assert first.poll() is None, first.stderr.read()
         time.sleep(0.05)
-    for more in (["--overwrite"], ["--resume"]):
-        second = subprocess.run(tiny_argv(byte_data, out, *more), capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and second.stdout == "", second.stderr
-        assert second.stderr.strip() == (f"error: --out_dir {out} is in use by process {first.pid} (a run, a resume or "
-                                          f"a suite arm): wait for it, stop it, or choose another --out_dir")
+    seconds = [subprocess.Popen(tiny_argv(byte_data, out, more), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for more in ("--overwrite", "--resume")]
+    for second, (stdout, stderr) in zip(seconds, [p.communicate(timeout=120) for p in seconds]):
+        assert second.returncode == 2 and stdout == "", stderr
+        assert stderr.strip() == (f"error: --out_dir {out} is in use by process {first.pid} (a run, a resume or "
+                                  f"a suite arm): wait for it, stop it, or choose another --out_dir")
     assert first.poll() is None  # still training
     first.kill()
     first.wait()
-    again = subprocess.run(tiny_argv(byte_data, out, "--overwrite", "--max_steps", "8", "--eval_every", "4",
-                                     "--warmup_steps", "1", "--ema_warmup", "1"), capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    ip.train(tiny(byte_data, tmp_path, max_steps=8, eval_every=4, warmup_steps=1, ema_warmup=1), overwrite=True)
     assert ip.read_log(str(out / "log.jsonl"))[-1]["kind"] == "final"
 
 def test_kill_9_at_random_moments_loses_no_log_record(byte_data, tmp_path):
@@ -1091,22 +1112,16 @@ def test_kill_9_at_random_moments_loses_no_log_record(byte_data, tmp_path):
 def test_resume_refuses_changes_and_applies_the_allowed_ones(byte_data, tmp_path, capsys):
     """--resume with a knob that would make it another run is refused, naming each; the resumable ones (a moved
     dataset, a lower LR) are applied and printed; the divergence message's command is one that works."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in os.listdir(byte_data):
-        open(data / f, "wb").write(open(os.path.join(byte_data, f), "rb").read())
+    data = shutil.copytree(byte_data, tmp_path / "data")
     out = str(tmp_path / "out")
     ip.train(replace(tiny(str(data), tmp_path), max_steps=30), stop_after=15)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        ip.main(["--out_dir", out, "--resume", "--max_steps", "60", "--seed", "3", "--lr", "1e-3"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "cannot change --seed 3, --max_steps 60 (only" in err and "--lr" not in err.split("(")[0]
+    code, err = stopped(ip.main, ["--out_dir", out, "--resume", "--max_steps", "60", "--seed", "3", "--lr", "1e-3"],
+                        capsys)
+    assert code == 2 and "cannot change --seed 3, --max_steps 60 (only" in err and "--lr" not in err.split("(")[0]
     moved = tmp_path / "moved"
     os.rename(data, moved)
-    with pytest.raises(SystemExit) as e:
-        ip.main(["--out_dir", out, "--resume"])
-    assert e.value.code == 2 and "if it moved, pass --data_dir" in capsys.readouterr().err
+    code, err = stopped(ip.main, ["--out_dir", out, "--resume"], capsys)
+    assert code == 2 and "if it moved, pass --data_dir" in err
     ip.main(["--out_dir", out, "--resume", "--data_dir", str(moved), "--lr", "1e-3"])
     assert f"with --data_dir {moved} (was {data}), --lr 0.001 (was 0.003)" in capsys.readouterr().out
     assert ip.read_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["lr"] == 1e-3
@@ -1226,9 +1241,6 @@ def test_export_replaces_only_an_earlier_export(tmp_path, monkeypatch):
         ip.export_hf(model, cfg, str(hf_dir))
     old = {n: (hf_dir / n).read_bytes() for n in os.listdir(hf_dir)}
     import safetensors.torch
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
     with monkeypatch.context() as m:
         m.setattr(safetensors.torch, "save_file", full_disk)
         with pytest.raises(ip.RunFailed, match="No space left.*nothing was left half-written"):
@@ -1347,9 +1359,8 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     assert json.load(open(os.path.join(data, "meta.json")))["corpus"].startswith("local Parquet")
     prep.main(["--data_files", str(tmp_path / "part-*.parquet"), "--out_dir", data])  # the same input: nothing to do
     assert "nothing to do" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:  # other input into a prepared folder: refused, the tokens kept
-        prep.main(["--data_files", str(tmp_path / "part-0.parquet"), "--out_dir", data])
-    assert e.value.code == 2 and "prepared from other input" in capsys.readouterr().err
+    code, err = stopped(prep.main, ["--data_files", str(tmp_path / "part-0.parquet"), "--out_dir", data], capsys)
+    assert code == 2 and "prepared from other input" in err  # other input into a prepared folder: the tokens kept
     ids = np.concatenate([np.fromfile(os.path.join(data, f"{s}.bin"), dtype=np.uint16) for s in ("val", "train")])
     assert int((ids == 50256).sum()) == len(docs) and len(docs) > 50
     assert sorted(enc.decode(ids.tolist()).split("<|endoftext|>")[:-1]) == sorted(docs)  # every document, whole
@@ -1374,11 +1385,8 @@ def test_gpt2_paths_with_the_real_vocabulary(gpt2_vocab, tmp_path, monkeypatch, 
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: 1 / 0)  # offline, without a cache: one line each
     with pytest.raises(prep.BadInput, match="TIKTOKEN_CACHE_DIR"):
         prep.gpt2_encoding()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        ip.main(["--out_dir", cfg.out_dir, "--export_hf", str(tmp_path / "hf2")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and not os.path.exists(tmp_path / "hf2")
+    code, err = stopped(ip.main, ["--out_dir", cfg.out_dir, "--export_hf", str(tmp_path / "hf2")], capsys)
+    assert code == 2 and not os.path.exists(tmp_path / "hf2")
     assert len(err.splitlines()) == 1 and "TIKTOKEN_CACHE_DIR" in err
 
 # ---- 12. Logging and figures -----------------------------------------------------------------------------------------
@@ -1439,21 +1447,14 @@ def test_second_ctrl_c_in_a_checkpoint_and_a_full_disk_at_the_figure(byte_data, 
             os.kill(os.getpid(), signal.SIGINT)
         return real_save(obj, f, *a, **kw)
     monkeypatch.setattr(torch, "save", two_ctrl_c)
-    with pytest.raises(SystemExit) as e:
-        ip.main(args)
-    err = capsys.readouterr().err
-    assert e.value.code == 130 and err.startswith("stopped by a second Ctrl-C") and len(err.splitlines()) == 1
+    code, err = stopped(ip.main, args, capsys)
+    assert code == 130 and err.startswith("stopped by a second Ctrl-C") and len(err.splitlines()) == 1
     path = str(tmp_path / "out" / "ckpt.pt")
     assert ip.read_checkpoint(path)["progress"]["step"] == 10 and not os.path.exists(path + ".tmp")
     monkeypatch.setattr(torch, "save", real_save)
-
-    def disk_full(records, path):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(ip.beside("plots/figures.py"), "plot_run", disk_full)
-    with pytest.raises(SystemExit) as e:
-        ip.main(args + ["--overwrite"])
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
+    monkeypatch.setattr(ip.beside("plots/figures.py"), "plot_run", full_disk)
+    code, err = stopped(ip.main, args + ["--overwrite"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and "the run finished, but its figure" in err
 
 def test_figures_and_tables_from_synthetic_records(tmp_path):
     """A run's figure, --compare's and a sweep's figures and tables (a seed sweep's paired gap, its SE), from scratch."""
@@ -1506,10 +1507,8 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     cases.append(("ideaprune", ["--preset", "tiny", "--out_dir", run.out_dir, "--export_hf", run.out_dir, "--overwrite"],
                   "the run being read"))
     others = other_scripts_cases(tmp_path / "others", run.out_dir, byte_data)
-    frozen = tmp_path / "frozen"  # an immutable ckpt.pt (chattr +i: root cannot write it either), where chattr works
-    frozen.mkdir()
-    (frozen / "ckpt.pt").write_bytes(open(os.path.join(run.out_dir, "ckpt.pt"), "rb").read())
-    if subprocess.run(["chattr", "+i", str(frozen / "ckpt.pt")], capture_output=True).returncode == 0:
+    frozen = shutil.copytree(run.out_dir, tmp_path / "frozen")  # its ckpt.pt made immutable, where chattr works
+    if subprocess.run(["chattr", "+i", str(frozen / "ckpt.pt")], capture_output=True).returncode == 0:  # (for root too)
         cases.append(("ideaprune", ["--preset", "tiny", "--data_dir", byte_data, "--out_dir", str(frozen), "--resume"],
                       "ckpt.pt cannot be written"))
     argvs = [(script, argv + (["--out_dir", run.out_dir] if "--out_dir" not in argv else []) +
@@ -1517,9 +1516,10 @@ def test_fuzz_bad_invocations_fail_cleanly(byte_data, tmp_path):
     argvs, cases = argvs + [(script, argv) for script, argv, _ in others], cases + others
     snapshot = lambda: {p: open(os.path.join(run.out_dir, p), "rb").read() for p in sorted(os.listdir(run.out_dir))}
     before = snapshot()
+    (tmp_path / "forks").mkdir()
     try:
-        proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps(argvs), capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+        proc = subprocess.run([sys.executable, "-c", FUZZ_DRIVER], input=json.dumps([argvs, str(tmp_path / "forks")]),
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     finally:
         subprocess.run(["chattr", "-i", str(frozen / "ckpt.pt")], capture_output=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
