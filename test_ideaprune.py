@@ -476,7 +476,6 @@ HELLASWAG_DOCS = [  # HellaSwag's format, with its WikiHow artifacts; endings sh
 def lm_eval_hellaswag(hf_dir, tmp_path):
     """lm-eval's own hellaswag task (its process_docs from its utils.py, its acc and acc_norm) on HELLASWAG_DOCS,
     through its hf model on an export: (metrics, per-doc samples)."""
-    import shutil
     import lm_eval
     from lm_eval.tasks import TaskManager
     task = tmp_path / "lm_eval_task"
@@ -484,9 +483,9 @@ def lm_eval_hellaswag(hf_dir, tmp_path):
     shutil.copy(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "hellaswag", "utils.py"), task)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HELLASWAG_DOCS))
     (task / "local_hellaswag.yaml").write_text(LOCAL_HELLASWAG.replace("DOCS", str(tmp_path / "docs.jsonl")))
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
-                                  tasks=["local_hellaswag"], task_manager=TaskManager(include_path=str(task)),
-                                  device="cpu", batch_size=1, log_samples=True)
+    tasks = TaskManager(include_path=str(task), include_defaults=False)  # that task alone: not lm-eval's 14k YAMLs
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=["local_hellaswag"],
+                                  task_manager=tasks, device="cpu", batch_size=1, log_samples=True)
     return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
 
 # ---- 1. Config and presets -------------------------------------------------------------------------------------------
