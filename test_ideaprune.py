@@ -484,8 +484,8 @@ def lm_eval_hellaswag(hf_dir, tmp_path):
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HELLASWAG_DOCS))
     (task / "local_hellaswag.yaml").write_text(LOCAL_HELLASWAG.replace("DOCS", str(tmp_path / "docs.jsonl")))
     tasks = TaskManager(include_path=str(task), include_defaults=False)  # that task alone: not lm-eval's 14k YAMLs
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=["local_hellaswag"],
-                                  task_manager=tasks, device="cpu", batch_size=1, log_samples=True)
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32", task_manager=tasks,
+                                  tasks=["local_hellaswag"], device="cpu", batch_size=1, log_samples=True)
     return out["results"]["local_hellaswag"], sorted(out["samples"]["local_hellaswag"], key=lambda s: s["doc_id"])
 
 # ---- 1. Config and presets -------------------------------------------------------------------------------------------
