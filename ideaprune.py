@@ -699,7 +699,7 @@ def wrap(run):
     """The model the step calls: run.raw_model, compiled with --compile, inside DDP under torchrun (nanoGPT's order);
     built again after every compaction, whose new Parameters DDP's hooks and the compiled graph's guards must see."""
     model = run.raw_model
-    if run.cfg.compile:  # drop the old widths' graphs (never run again); past 8, dynamo would go eager silently: fail
+    if run.cfg.compile:  # drop old widths' graphs; past its recompile_limit (8) dynamo would go eager in silence: fail
         torch._dynamo.reset()
         torch._dynamo.config.fail_on_recompile_limit_hit = True
         model = torch.compile(model, backend=run.cfg.compile_backend)
@@ -876,10 +876,10 @@ def tokenizer(cfg):
 def evaluate_full(model, data, ctx, split="val"):
     """Token-weighted mean loss over every non-overlapping window of the split: the number the README reports."""
     model.eval()
-    with ctx:
-        losses = [(model(x, y)[1].item() * y.numel(), y.numel()) for x, y in data.sequential(split)]
+    with ctx:  # per batch: (its summed loss, its tokens)
+        sums = [(model(x, y)[1].item() * y.numel(), y.numel()) for x, y in data.sequential(split)]
     model.train()
-    return sum(loss for loss, _ in losses) / sum(n for _, n in losses)
+    return sum(s for s, _ in sums) / sum(n for _, n in sums)
 
 def fixed_batches(run, split):
     """The evaluation's batches of a split, the same at every call and in every pipeline, apart from training's."""
