@@ -163,8 +163,7 @@ def phase_steps(cfg):
     return t_p, t_p + (0 if cfg.pruning == "oneshot" else round(cfg.prune_len * cfg.max_steps))
 
 # ---- 2. Data: uint16 token files, random windows (nanoGPT) --------------------------------------------------------
-def dataset_path(cfg):
-    return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
+def dataset_path(cfg): return cfg.data_dir or os.path.join(ROOT, "data", cfg.dataset)
 
 class Data:
     """Random windows of block_size + 1 tokens. The generator's state goes into checkpoints (exact resume).
@@ -232,8 +231,7 @@ class Attention(nn.Module):
 
     n_units = property(lambda self: self.o.weight.shape[1] // self.head_dim)  # heads
 
-    def unit_linears(self):
-        return (self.q, 0), (self.k, 0), (self.v, 0), (self.o, 1)
+    def unit_linears(self): return (self.q, 0), (self.k, 0), (self.v, 0), (self.o, 1)  # (linear, dim of its units)
 
     def forward(self, x, cos, sin):
         (B, T, _), H, hd = x.shape, self.n_units, self.head_dim
@@ -250,12 +248,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d, width):
         super().__init__()
-        self.gate = nn.Linear(d, width, bias=False)
-        self.up = nn.Linear(d, width, bias=False)
+        self.gate, self.up = (nn.Linear(d, width, bias=False) for _ in range(2))
         self.down = nn.Linear(width, d, bias=False)
 
-    def unit_linears(self):
-        return (self.up, 0), (self.gate, 0), (self.down, 1)
+    def unit_linears(self): return (self.up, 0), (self.gate, 0), (self.down, 1)
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -295,14 +291,12 @@ class GPT(nn.Module):
                 for lin, s in ((b.attn.o, std_out), (b.ffn.gate, std), (b.ffn.up, std), (b.ffn.down, std_out)):
                     lin.weight.normal_(0.0, s)
 
-    def unit_modules(self, part):  # the modules that hold a part's units ("ffn": neurons, "attn": heads), per layer
-        return [getattr(b, part) for b in self.blocks]
+    def unit_modules(self, part): return [getattr(b, part) for b in self.blocks]  # per layer: the ffn or attn modules
 
     ffn_widths = property(lambda self: [m.n_units for m in self.unit_modules("ffn")])  # per layer
     heads = property(lambda self: [m.n_units for m in self.unit_modules("attn")])
 
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+    def num_params(self): return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
     def forward(self, idx, targets=None):
         x = self.tok_emb(idx)  # (B, T, C)
@@ -596,7 +590,7 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
             stop = last_step or step == stop_after or run.stopping
             # -- once in a while, before the step: evaluate, prune and compact, checkpoint --
             if step != run.last_ckpt:  # (a resumed run's checkpoint was written after these: not twice)
-                if step % cfg.eval_every == 0 or last_step:
+                if run.rank == 0 and (step % cfg.eval_every == 0 or last_step):  # the others wait for it
                     eval_and_log(run, model, step)
                 if is_prune_step(step, cfg):
                     prune(run, step)  # section 6: the masks shrink to keep_at(step) units per layer
@@ -609,7 +603,7 @@ def train(cfg, resume=False, stop_after=None, overwrite=False, given=None):
             # -- one optimization step at lr_at(step) (section 4), tracking the importance (5), then its log line --
             lr, loss, norm, dt = train_step(run, model, step)
             log_step(run, step, lr, loss, norm, dt)
-        final = finish_run(run, model) if last_step else None
+        final = finish_run(run, model) if last_step and run.rank == 0 else None
         if run.world > 1:
             dist.barrier()  # the other ranks wait for rank 0's checkpoint and final evaluation
         if run.stopping and not last_step:
@@ -653,9 +647,7 @@ def start_run(cfg, resume, overwrite=False, given=None):
     modules = {part: raw_model.unit_modules(part) for part in initial}  # the parts pruned: ffn (and attn)
     optimizer = make_optimizer(raw_model, cfg, device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    log = RunLog(cfg, ckpt and ckpt["progress"], rank, world, peak_flops(cfg, device))  # locks out_dir first
-    if rank == 0:
-        describe(cfg)
+    log = RunLog(cfg, ckpt and ckpt["progress"], rank, world, peak_flops(cfg, device))  # locks out_dir, describes cfg
     run = Run(cfg, device, ctx, Data(cfg, device, rank, world), raw_model, optimizer, log=log, rank=rank, world=world,
               importance={p: [torch.zeros(len(m.unit_linears()), m.n_units, device=device) for m in ms]
                           for p, ms in modules.items()},  # a row per matrix: up, gate, down; q, k, v, o
@@ -708,8 +700,7 @@ def wrap(run):
     run.log.fresh = True
     return model
 
-def unwrap_ddp(model):  # the model without DDP (compiled if it was): rank 0 evaluates alone, with no collectives
-    return model.module if isinstance(model, DDP) else model
+def unwrap_ddp(model): return model.module if isinstance(model, DDP) else model  # (compiled if it was): no collectives
 
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C: the run finished its step, wrote a checkpoint and stopped; --resume continues it."""
@@ -733,11 +724,9 @@ def catch_stop_signals(run):
 CKPT_VERSION = 3  # raise it when the layout below changes (and convert the older ones in data/old_checkpoints.py)
 CKPT_KEYS = ("model", "widths", "optimizer", "importance", "alive", "config", "progress", "rng")
 
-def ckpt_path(out_dir):
-    return os.path.join(out_dir, "ckpt.pt")
+def ckpt_path(out_dir): return os.path.join(out_dir, "ckpt.pt")
 
-def log_path(out_dir):
-    return os.path.join(out_dir, "log.jsonl")
+def log_path(out_dir): return os.path.join(out_dir, "log.jsonl")
 
 def lock_out_dir(out_dir, rank=0, world=1):
     """One run per out_dir: rank 0 holds an OS lock on out_dir/lock for the run's life, which dies with the process
@@ -810,8 +799,7 @@ def save_checkpoint(run, step):
 
 def read_checkpoint(path):
     """torch.load a checkpoint, in this version's layout; or a ConfigError that names the file and says why."""
-    if not os.path.exists(path):
-        raise ConfigError(f"no checkpoint at {path}")
+    need(os.path.exists(path), f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if any(k not in ckpt for k in CKPT_KEYS):
@@ -857,8 +845,7 @@ def read_meta(cfg):  # what the data's prepare.py recorded in its meta.json ({} 
     except (ValueError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not JSON: prepare the data again") from None
 
-def tokenizer_kind(cfg):  # a run's own (its checkpoints name it), else its data's
-    return cfg.tokenizer or read_meta(cfg).get("tokenizer", "bytes")
+def tokenizer_kind(cfg): return cfg.tokenizer or read_meta(cfg).get("tokenizer", "bytes")  # the run's, else its data's
 
 def tokenizer(cfg):
     """(encode, decode) for the dataset: raw bytes, or GPT-2 BPE through tiktoken."""
@@ -888,18 +875,17 @@ def fixed_batches(run, split):
 
 @torch.no_grad()
 def eval_and_log(run, model, step):
-    """The loop's evaluation, on rank 0 (the others wait at the next collective): the loss on the fixed batches."""
-    if run.rank == 0:
-        model = unwrap_ddp(model).eval()
-        with run.ctx:
-            est = {split: sum(model(x, y)[1].item() for x, y in fixed_batches(run, split)) / run.cfg.eval_iters
-                   for split in ("train", "val")}
-        model.train()
-        hs = hellaswag(model, run.cfg, run.device, run.ctx)
-        run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
-                    (f" | hellaswag acc_norm {hs['hellaswag_acc_norm']:.4f}" if hs else ""))
-        run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
-                      train_loss=est["train"], val_loss=est["val"], **hs)
+    """The loop's evaluation, on rank 0 alone (train() calls it there): the loss on the fixed batches."""
+    model = unwrap_ddp(model).eval()
+    with run.ctx:
+        est = {split: sum(model(x, y)[1].item() for x, y in fixed_batches(run, split)) / run.cfg.eval_iters
+               for split in ("train", "val")}
+    model.train()
+    hs = hellaswag(model, run.cfg, run.device, run.ctx)
+    run.log.say(f"step {step:5d} | eval | train {est['train']:.4f} | val {est['val']:.4f}" +
+                (f" | hellaswag acc_norm {hs['hellaswag_acc_norm']:.4f}" if hs else ""))
+    run.log.write("eval", step=step, tokens=run.progress["tokens"], flops=sum(run.progress["flops"].values()),
+                  train_loss=est["train"], val_loss=est["val"], **hs)
 
 @functools.cache
 def beside(path):
@@ -947,20 +933,17 @@ def export_hf(model, cfg, path, overwrite=False, reading="."):
         raise RunFailed(str(e)) from None
 
 # ---- 12. Logging: the printed config, log.jsonl, the log line, the summary (the figure: plots/figures.py) ---------
-def tokens_per_step(cfg):
-    return cfg.batch_size * cfg.block_size * cfg.grad_accum
+def tokens_per_step(cfg): return cfg.batch_size * cfg.block_size * cfg.grad_accum
 
 def flops_per_token(n_params, cfg, heads=None):
     """Training FLOPs per token, forward + backward: 6 per parameter (a multiply-add forward, two backward) plus
     attention's QK^T and AV, 12 * (the layers' heads * head_dim) * T, not halved for the causal mask (PaLM, nanoGPT)."""
-    width = sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head)
-    return 6 * n_params + 12 * width * cfg.block_size
+    return 6 * n_params + 12 * sum(heads or [cfg.n_head] * cfg.n_layer) * (cfg.n_embd // cfg.n_head) * cfg.block_size
 
 def sizes_text(sizes):  # {"ffn": "512 -> 128", "attn": [4, 4]} -> "FFN 512 -> 128, heads [4, 4]": what a run prints
     return ", ".join(f"{'FFN' if p == 'ffn' else 'heads'} {size}" for p, size in sizes.items())
 
-def fmt_params(n):
-    return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+def fmt_params(n): return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
 
 def fmt_duration(s):  # whole minutes and seconds (or hours and minutes), truncated: 59.6 s is 0m59s, not 1m60s
     return f"{int(s) // 3600}h{int(s) % 3600 // 60:02d}m" if s >= 3600 else f"{int(s) // 60}m{int(s) % 60:02d}s"
@@ -1047,6 +1030,7 @@ class RunLog:
                 os.remove(path + ".tmp")
                 raise
             self.file, self.count = open(path, "a"), len(records)
+            describe(cfg)  # and the same config, printed
 
     def write(self, kind, **record):
         if self.master:
@@ -1067,9 +1051,8 @@ class RunLog:
         self.write("event", step=step, what=what)
 
     def close(self):  # and let another run use out_dir
-        for f in (self.file, self.lock):
-            if f:
-                f.close()
+        for f in filter(None, (self.file, self.lock)):
+            f.close()
 
 def log_step(run, step, lr, loss, norm, dt):
     """Count the step's tokens and FLOPs (masked, not yet compacted units still cost), log it, print the line."""
@@ -1104,8 +1087,6 @@ def log_step(run, step, lr, loss, norm, dt):
 
 def finish_run(run, model):
     """The end, on rank 0: the exact validation loss over the whole split, the final record, a summary, a sample."""
-    if run.rank != 0:
-        return None
     cfg, progress = run.cfg, run.progress
     val = evaluate_full(unwrap_ddp(model), run.data, run.ctx)
     final = {"pipeline": cfg.pipeline, "val_loss": val, "ppl": math.exp(val), "params": run.raw_model.num_params(),
@@ -1135,8 +1116,7 @@ class ConfigError(ValueError):
 
 def make_config(preset="cpu", **overrides):
     """A Config from a preset and overrides, built in one go (so the pipeline's knobs resolve from the overrides)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    need(preset in PRESETS, f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return Config(**{**PRESETS[preset], **overrides, "preset": preset})
 
 def need(ok, msg):
@@ -1311,8 +1291,8 @@ def parse_args(argv=None, p=None):
         use.add_argument("--evaluate", action="store_true", help="the full validation loss and perplexity")
         use.add_argument("--export_hf", metavar="DIR", help="write a Hugging Face LlamaForCausalLM directory")
     args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
-    args.given = given  # the knobs set on the command line (a checkpoint's own config is overridden by these only)
+    # args.given: the knobs set on the command line (a checkpoint's own config is overridden by these only)
+    given = args.given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
     return make_config(given.get("preset", Config.preset), **{k: v for k, v in given.items() if k != "preset"}), args
 
 def use_checkpoint(args):

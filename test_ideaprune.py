@@ -217,12 +217,12 @@ def pinned_trajectory(data_dir, tmp_path):
 
 DDP_DRIVER = """
 import json, sys, torch, ideaprune as ip
-finish_run = ip.finish_run
-def dump_and_finish(run, model):  # every rank saves the state it ends with, for the test to compare
+save_checkpoint = ip.save_checkpoint
+def save_and_dump(run, step):  # every rank saves the state it checkpoints (the last: its end), for the test to compare
+    save_checkpoint(run, step)
     torch.save({"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "alive": run.alive, "importance": run.importance}, f"{run.cfg.out_dir}/rank{run.rank}.pt")
-    return finish_run(run, model)
-ip.finish_run = dump_and_finish
+ip.save_checkpoint = save_and_dump
 runs, refused = json.loads(sys.argv[1])
 for out, resume, stop_after, argv in runs:  # several runs in one launch: one start-up
     ip.train(ip.parse_args(argv + ["--out_dir", out, "--plot_dir", out])[0], resume=resume, stop_after=stop_after)
