@@ -700,7 +700,7 @@ def wrap(run):
     run.log.fresh = True
     return model
 
-def unwrap_ddp(model): return model.module if isinstance(model, DDP) else model  # (compiled if it was): no collectives
+def unwrap_ddp(model): return model.module if isinstance(model, DDP) else model  # for rank 0 alone: no collectives
 
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C: the run finished its step, wrote a checkpoint and stopped; --resume continues it."""
